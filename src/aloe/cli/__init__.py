@@ -1,0 +1,1 @@
+"""The ``aloe`` command line: one module per verb."""

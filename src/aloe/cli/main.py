@@ -1,0 +1,43 @@
+"""Entry point: ``aloe <verb>``; verbs follow the pipeline (only the ones built so far are listed)."""
+
+from __future__ import annotations
+
+import typer
+
+from aloe import __version__
+from aloe.cli import generate as generate_cli
+from aloe.cli import prototypes as prototypes_cli
+
+app = typer.Typer(
+    name="aloe",
+    help="Build MP-ALOE-style training data for universal interatomic potentials.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(prototypes_cli.app, name="prototypes")
+app.command("generate", help=generate_cli.HELP)(generate_cli.generate_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aloe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Build MP-ALOE-style training data for universal interatomic potentials."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Option types shared by every verb, and the error handling that turns AloeError into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from aloe.errors import AloeError
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML settings file (a verb's section or the whole file); flags override it."
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override any setting: --set lattice.factor=0.92 (value parsed as YAML). Repeatable."
+    ),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Run folder (default runs/<verb>-<time>).")
+]
+ProgressOption = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")
+]
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}``; a malformed item is an AloeError."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise AloeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lattice.factor=0.92")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise AloeError(f"--set {item!r}: value is not valid YAML") from None
+    return out
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """``"Fe,O Li"`` -> ``["Fe", "O", "Li"]`` (commas or spaces)."""
+    if value is None:
+        return None
+    return [tok for tok in value.replace(",", " ").split() if tok]
+
+
+def invocation(ctx: typer.Context) -> str:
+    """The command as typed: ``sys.argv`` when run as ``aloe``, else rebuilt from the context's parameters."""
+    if Path(sys.argv[0]).name == "aloe":
+        return shlex.join(["aloe", *sys.argv[1:]])
+    parts = ctx.command_path.split()
+    for name, value in ctx.params.items():
+        if value is None or value is False or value == [] or value == ():
+            continue
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        else:
+            for item in value if isinstance(value, list | tuple) else [value]:
+                parts += [flag, str(item)]
+    return shlex.join(parts)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print an :class:`AloeError` as one line on stderr and exit with status 2."""
+    try:
+        yield
+    except AloeError as exc:
+        typer.echo(f"aloe: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            "aloe: interrupted; finished chunks are kept, run the same command again to resume", err=True
+        )
+        sys.exit(130)

@@ -1,0 +1,8 @@
+"""Candidate generation: substitution into prototypes, lattice guess, perturbation (MP-ALOE rules)."""
+
+from __future__ import annotations
+
+from aloe.generate.settings import GenerateSettings
+from aloe.generate.space import CandidateBatch, CandidateSpace
+
+__all__ = ["CandidateBatch", "CandidateSpace", "GenerateSettings"]

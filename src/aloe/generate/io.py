@@ -1,0 +1,210 @@
+"""Candidate chunk files: Parquet (pyarrow), one row per candidate, plus readers and exporters.
+
+Columns
+-------
+index (int64), prototype (dictionary string: prototype name), occupation (int16), elements (string, Z order joined
+by '-'), seed (int64: the run seed), universe_index (int64: with seed and prototype name, fixes the candidate's random
+numbers), n_sites (int16), cell (9 float64, rows of the lattice matrix, A), frac_coords (list of float64, 3 per site),
+numbers (list of int16 atomic numbers), scale (float64: the guessed lattice scale), strain (6 float64, Voigt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aloe.elements import z_to_symbol
+from aloe.errors import InputFileError
+from aloe.generate.space import CandidateBatch
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from pymatgen.core import Structure
+
+    from aloe.generate.space import CandidateSpace
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("prototype", pa.dictionary(pa.int32(), pa.string())),
+        ("occupation", pa.int16()),
+        ("elements", pa.string()),
+        ("seed", pa.int64()),
+        ("universe_index", pa.int64()),
+        ("n_sites", pa.int16()),
+        ("cell", pa.list_(pa.float64(), 9)),
+        ("frac_coords", pa.list_(pa.float64())),
+        ("numbers", pa.list_(pa.int16())),
+        ("scale", pa.float64()),
+        ("strain", pa.list_(pa.float64(), 6)),
+    ],
+    metadata={"aloe.schema": SCHEMA_VERSION, "aloe.kind": "candidates"},
+)
+
+
+def _symbols() -> np.ndarray:
+    return np.array([""] + [z_to_symbol(z) for z in range(1, 119)], dtype=object)
+
+
+def batch_to_table(batch: CandidateBatch, space: CandidateSpace) -> pa.Table:
+    """Arrow table of a batch (see module docstring for the columns)."""
+    m = len(batch)
+    names = np.array([p.name for p in space.library], dtype=object)
+    symbols = _symbols()
+    elements = np.empty(m, dtype=object)
+    for p in np.unique(batch.prototype).tolist():
+        rows = batch.prototype == p
+        zs = space.element_numbers(p, batch.combination[rows])
+        joined = symbols[zs[:, 0]]
+        for col in range(1, zs.shape[1]):
+            joined = joined + "-" + symbols[zs[:, col]]
+        elements[rows] = joined
+    offsets = batch.offsets
+    proto_codes = batch.prototype.astype(np.int32)
+    used, codes = np.unique(proto_codes, return_inverse=True)
+    arrays = [
+        pa.array(batch.index, pa.int64()),
+        pa.DictionaryArray.from_arrays(
+            pa.array(codes.astype(np.int32)), pa.array(names[used].tolist(), pa.string())
+        ),
+        pa.array(batch.occupation, pa.int16()),
+        pa.array(elements.tolist(), pa.string()),
+        pa.array(np.full(m, space.settings.seed, dtype=np.int64)),
+        pa.array(batch.universe_index, pa.int64()),
+        pa.array(batch.n_sites, pa.int16()),
+        pa.FixedSizeListArray.from_arrays(pa.array(batch.cell.reshape(-1)), 9),
+        pa.ListArray.from_arrays(pa.array(offsets * 3, pa.int32()), pa.array(batch.frac_coords.reshape(-1))),
+        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(batch.numbers, pa.int16())),
+        pa.array(batch.scale, pa.float64()),
+        pa.FixedSizeListArray.from_arrays(pa.array(batch.strain.reshape(-1)), 6),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a Parquet file (zstd)."""
+    pq.write_table(table, str(path), compression="zstd")
+
+
+class CandidateRows:
+    """Candidates read back from a chunk file, with numpy views of the columns.
+
+    Attributes
+    ----------
+    table
+        The Arrow table.
+    cell
+        Shape ``(m, 3, 3)``.
+    frac_coords
+        Shape ``(sum(n_sites), 3)``.
+    numbers
+        Shape ``(sum(n_sites),)``.
+    offsets
+        Shape ``(m + 1,)``: sites of row ``r`` are ``offsets[r]:offsets[r + 1]``.
+
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.combine_chunks()
+        self.index = self.table.column("index").to_numpy()
+        self.cell = np.asarray(self.table.column("cell").combine_chunks().flatten()).reshape(-1, 3, 3)
+        frac = self.table.column("frac_coords").combine_chunks()
+        self.frac_coords = np.asarray(frac.flatten()).reshape(-1, 3)
+        nums = self.table.column("numbers").combine_chunks()
+        self.numbers = np.asarray(nums.flatten())
+        self.offsets = np.asarray(nums.offsets)
+        self.prototype = self.table.column("prototype").to_pylist()
+        self.elements = self.table.column("elements").to_pylist()
+        self.occupation = self.table.column("occupation").to_numpy()
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def label(self, row: int) -> str:
+        """Readable id: ``<index>_<prototype>_<elements>_occ<k>``."""
+        return f"{self.index[row]}_{self.prototype[row]}_{self.elements[row]}_occ{self.occupation[row]}"
+
+    def to_atoms(self, row: int) -> Atoms:
+        """Row ``row`` as an ASE ``Atoms`` (periodic)."""
+        from ase import Atoms
+
+        a, b = self.offsets[row], self.offsets[row + 1]
+        atoms = Atoms(
+            numbers=self.numbers[a:b], cell=self.cell[row], scaled_positions=self.frac_coords[a:b], pbc=True
+        )
+        atoms.info.update(
+            {
+                "aloe_index": int(self.index[row]),
+                "prototype": self.prototype[row],
+                "elements": self.elements[row],
+                "occupation": int(self.occupation[row]),
+            }
+        )
+        return atoms
+
+    def to_structure(self, row: int) -> Structure:
+        """Row ``row`` as a pymatgen ``Structure``."""
+        from pymatgen.core import Lattice, Structure
+
+        a, b = self.offsets[row], self.offsets[row + 1]
+        return Structure(
+            Lattice(self.cell[row]),
+            self.numbers[a:b].tolist(),
+            self.frac_coords[a:b],
+            properties={"aloe_index": int(self.index[row]), "prototype": self.prototype[row]},
+        )
+
+
+def read_chunk(path: str | Path) -> CandidateRows:
+    """Read one chunk file."""
+    try:
+        table = pq.read_table(str(path))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputFileError(path, f"not a readable candidate file ({exc})") from None
+    if (table.schema.metadata or {}).get(b"aloe.kind") != b"candidates":
+        raise InputFileError(path, "not an aloe candidate file (missing aloe.kind=candidates metadata)")
+    return CandidateRows(table)
+
+
+def chunk_files(run_dir: str | Path) -> list[Path]:
+    """Chunk files of a generate run, in chunk order."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "chunks" if (run_dir / "chunks").is_dir() else run_dir
+    return sorted(folder.glob("chunk-*.parquet"))
+
+
+def iter_candidates(run_dir: str | Path) -> Iterator[CandidateRows]:
+    """Iterate the chunks of a generate run (memory stays at one chunk)."""
+    for path in chunk_files(run_dir):
+        yield read_chunk(path)
+
+
+def count_rows(path: str | Path) -> int:
+    """Rows in a Parquet file, from its footer."""
+    return pq.ParquetFile(str(path)).metadata.num_rows
+
+
+def export_extxyz(rows: CandidateRows, path: str | Path) -> None:
+    """Write every row to one extended-XYZ file."""
+    from ase.io import write
+
+    write(str(path), [rows.to_atoms(r) for r in range(len(rows))], format="extxyz")
+
+
+def export_poscars(rows: CandidateRows, folder: str | Path) -> None:
+    """Write one POSCAR per row into ``folder``, named by :meth:`CandidateRows.label`."""
+    from ase.io import write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in range(len(rows)):
+        write(
+            str(folder / f"{rows.label(r)}.POSCAR"), rows.to_atoms(r), format="vasp", direct=True, sort=False
+        )

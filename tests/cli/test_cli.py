@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import yaml
+from typer.testing import CliRunner
+
+from aloe.cli.main import app
+
+runner = CliRunner()
+
+
+def test_help_lists_only_built_verbs():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "generate" in result.output and "prototypes" in result.output
+    for absent in ("screen", "select", "label", "train"):
+        assert f" {absent} " not in result.output
+
+
+def test_count_prints_exact_sizes(proto_dir):
+    result = runner.invoke(app, ["generate", "-p", str(proto_dir), "-e", "Li,O,Mg,Fe,Cu", "--count"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    total = next(line for line in lines if line.strip().startswith("total"))
+    assert "100" in total.split() and "50.0" in total.split()
+
+
+def test_generate_writes_run_folder_and_config_override(proto_dir, tmp_path):
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "generate": {
+                    "elements": ["Li", "O", "Mg"],
+                    "seed": 4,
+                    "chunk_size": 10,
+                    "lattice": {"factor": 0.9},
+                }
+            }
+        )
+    )
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "-c",
+            str(cfg),
+            "-p",
+            str(proto_dir),
+            "--seed",
+            "9",
+            "-o",
+            str(out),
+            "--set",
+            "perturbation.strain_sigma=0.01",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"run folder: {out}" in result.output
+    summary = yaml.safe_load((out / "summary.yaml").read_text())
+    assert summary["seed"] == 9 and summary["settings"]["lattice"]["factor"] == 0.9
+    assert summary["settings"]["perturbation"]["strain_sigma"] == 0.01
+    assert summary["command"].startswith("aloe generate") and "--seed 9" in summary["command"]
+
+
+def test_bad_config_key_is_one_line_exit_2(proto_dir, tmp_path):
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text("lattice:\n  fudge: 1\n")
+    result = runner.invoke(app, ["generate", "-c", str(cfg), "-p", str(proto_dir)])
+    assert result.exit_code == 2
+    err = result.stderr.strip()
+    assert err.count("\n") == 0 and "gen.yaml" in err and "'lattice.fudge'" in err and "unknown key" in err
+    bad = runner.invoke(app, ["generate", "-p", str(proto_dir), "-e", "Fe,Po", "--count"])
+    assert bad.exit_code == 2 and "'Po' is outside" in bad.stderr
+    bad_set = runner.invoke(app, ["generate", "-p", str(proto_dir), "--set", "seed"])
+    assert bad_set.exit_code == 2 and "KEY=VALUE" in bad_set.stderr
+
+
+def test_index_prints_poscar(proto_dir):
+    result = runner.invoke(app, ["generate", "-p", str(proto_dir), "-e", "Na,Cl", "--index", "0"])
+    assert result.exit_code == 0, result.output
+    assert "# candidate 0_POSCAR_cscl_Na-Cl_occ0" in result.output
+    assert "Na Cl" in result.output and "direct" in result.output
+
+
+def test_prototypes_list_show_stats(proto_dir, tmp_path):
+    (proto_dir / "POSCAR_broken").write_text("nonsense\n")
+    listed = runner.invoke(app, ["prototypes", "list", "-s", str(proto_dir)])
+    assert listed.exit_code == 0
+    assert "POSCAR_perovskite_weight0.25" in listed.output and "4 prototypes" in listed.output
+    assert "POSCAR_broken: malformed structure file" in listed.stderr
+    shown = runner.invoke(app, ["prototypes", "show", "POSCAR_fluorite", "-s", str(proto_dir)])
+    assert shown.exit_code == 0 and "distinct occupations (2)" in shown.output and "Fm-3m" in shown.output
+    stats = runner.invoke(app, ["prototypes", "stats", "-s", str(proto_dir)])
+    assert stats.exit_code == 0
+    assert "arity 2:    3 prototypes" in stats.output
+    assert "arity 3: prototypes by number of distinct occupations 6:1" in stats.output
+    missing = runner.invoke(app, ["prototypes", "show", "nope", "-s", str(proto_dir)])
+    assert missing.exit_code == 2 and "no prototype named 'nope'" in missing.stderr
