@@ -131,3 +131,24 @@ def test_unknown_element_and_empty_library(proto_dir):
         space_for(proto_dir, elements=["Fe", "Po"])
     with pytest.raises(AloeError, match="empty"):
         CandidateSpace(load_prototypes(proto_dir).filter(arity=[5]), GenerateSettings())
+
+
+def test_published_space_counts_follow_the_rules(published_dir):
+    from itertools import permutations
+
+    lib = load_prototypes(published_dir)
+    space = CandidateSpace(lib, GenerateSettings())
+    for proto, n_occ in zip(lib, space.n_occupations, strict=True):
+        counts = np.bincount(proto.placeholder_index, minlength=proto.arity)
+        # permutations that change the composition can never match, so they are a lower bound
+        compositions = {tuple(counts[list(p)]) for p in permutations(range(proto.arity))}
+        assert len(compositions) <= n_occ <= len(list(permutations(range(proto.arity)))), proto.name
+    binary = space.arity == 2
+    assert space.n_combinations[binary][0] == comb(89, 2) and space.n_combinations[~binary][0] == comb(89, 3)
+    assert space.size == int((space.n_occupations * space.n_combinations).sum())
+    weights = np.array([p.weight if p.weight is not None else np.nan for p in lib])
+    expected = space.counts[binary].sum() + np.sum(
+        space.n_occupations[~binary] * comb(89, 3) * np.sqrt(weights[~binary]) / 3
+    )
+    assert space.expected_kept == pytest.approx(expected)
+    assert space.size == 104_792_160  # 4,969,404 binary + 99,822,756 ternary candidates

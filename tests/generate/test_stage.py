@@ -207,3 +207,10 @@ def test_cli_kill_and_resume(tmp_path):
     summary = yaml.safe_load((tmp_path / "killed" / "summary.yaml").read_text())
     assert summary["counts"]["chunks_resumed"] >= done_before
     assert_same_output(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_dask_local_cluster_gives_the_same_output(proto_dir, tmp_path):
+    pytest.importorskip("distributed", reason="dask distributed is not installed (pip install 'aloe[dask]')")
+    generate(settings(proto_dir, tmp_path / "local"))
+    generate(settings(proto_dir, tmp_path / "dask", workers=2, executor="dask"))
+    assert_same_output(tmp_path / "local", tmp_path / "dask")

@@ -32,6 +32,7 @@ from aloe.errors import AloeError
 from aloe.generate.lattice import guess_scale
 from aloe.generate.perturb import apply_strains, displace, truncated_normal
 from aloe.generate.settings import GenerateSettings
+from aloe.progress import progress_bar
 from aloe.prototypes.library import PrototypeLibrary
 from aloe.prototypes.occupations import distinct_occupations
 
@@ -177,6 +178,7 @@ class CandidateSpace:
         library: PrototypeLibrary,
         settings: GenerateSettings | None = None,
         occupations: dict[str, list[tuple[int, ...]]] | None = None,
+        progress: bool | None = False,
     ) -> None:
         self.settings = settings or GenerateSettings()
         self.library = library
@@ -193,7 +195,9 @@ class CandidateSpace:
         self._radius = radius_table(lat.radius_overrides, lat.radius_multipliers)
         self.occupations: list[np.ndarray] = []
         occ = self.settings.occupations
-        for proto in library:
+        for proto in progress_bar(
+            library, enabled=progress and not occupations, desc="occupations", unit="proto"
+        ):
             perms = (occupations or {}).get(proto.name)
             if perms is None:
                 perms = distinct_occupations(

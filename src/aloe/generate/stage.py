@@ -69,7 +69,9 @@ def load_space(
     progress: bool | None = None,
 ) -> CandidateSpace:
     """Library + occupations -> :class:`CandidateSpace`."""
-    return CandidateSpace(load_library(settings, progress), settings, occupations=occupations)
+    return CandidateSpace(
+        load_library(settings, progress), settings, occupations=occupations, progress=progress
+    )
 
 
 # ---- plans ---------------------------------------------------------------------------------------------------
@@ -300,7 +302,9 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
 
     t0 = time.perf_counter()
     occ_path = run.path / OCCUPATIONS_FILE
-    space = CandidateSpace(library, settings, occupations=_load_occupations(occ_path))
+    space = CandidateSpace(
+        library, settings, occupations=_load_occupations(occ_path), progress=settings.progress
+    )
     if not occ_path.exists():
         with atomic_path(occ_path) as tmp:
             tmp.write_text(json.dumps(space.occupation_map()))
