@@ -152,3 +152,14 @@ def test_published_space_counts_follow_the_rules(published_dir):
     )
     assert space.expected_kept == pytest.approx(expected)
     assert space.size == 104_792_160  # 4,969,404 binary + 99,822,756 ternary candidates
+
+
+@pytest.mark.parametrize("elements", [None, ["H", "O", "Fe", "Cu", "Zr", "La", "U", "Xe"]])
+def test_kept_in_range_equals_keep_mask(proto_dir, elements):
+    space = CandidateSpace(load_prototypes(proto_dir), GenerateSettings(elements=elements))
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        a = int(rng.integers(0, space.size - 1))
+        b = int(min(space.size, a + rng.integers(1, 20000)))
+        idx = np.arange(a, b)
+        assert space.kept_in_range(a, b).tolist() == idx[space.keep_mask(idx)].tolist()

@@ -12,9 +12,9 @@ Randomness
 Each candidate's random numbers are a pure function of ``(seed, prototype name, universe index)``, where the universe
 index numbers the combination among all 89 MP-ALOE elements. A candidate is therefore the same structure whatever
 element subset, prototype library, shard or chunking produced it. Uniforms come from counter-based Philox streams
-(numpy), one stream per block of universe indices, keyed through ``SeedSequence(seed, spawn_key=(prototype key,
-stream, block))``: the sub-sampling stream holds one uniform per candidate, the perturbation stream
-``3 * n_sites + 6`` (displacements, then the six strains).
+(numpy): each (prototype, stream) has a Philox key derived by ``SeedSequence(seed, spawn_key=(version, prototype key,
+stream))``, and a block of universe indices starts at Philox counter ``[0, block, 0, 0]``. The sub-sampling stream
+holds one uniform per candidate, the perturbation stream ``3 * n_sites + 6`` (displacements, then the six strains).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from aloe.prototypes.library import PrototypeLibrary
 from aloe.prototypes.occupations import distinct_occupations
 
 #: Version of the random-number layout; bump when it changes so old runs are not resumed with new numbers.
-STREAM_VERSION = 1
+STREAM_VERSION = 2
 _KEEP_STREAM = 1
 _PERTURB_STREAM = 2
 KEEP_BLOCK = 4096
@@ -216,6 +216,8 @@ class CandidateSpace:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.keep_probability = np.array([self._keep_probability(p.weight) for p in library])
         self.keys = np.array([prototype_key(p.name) for p in library], dtype=np.int64)
+        # With every universe element chosen, a candidate's universe index equals its index in the prototype.
+        self._universe_is_identity = self.elements == univ
 
     # ---- sizes -------------------------------------------------------------------------------------------
     @property
@@ -275,17 +277,39 @@ class CandidateSpace:
         return ranks * self.n_occupations[proto] + occupation
 
     # ---- random streams ----------------------------------------------------------------------------------
+    def _block_reader(self, proto: int, stream: int):
+        """A function ``block, shape -> uniforms`` reading blocks of one (prototype, stream) Philox stream."""
+        seq = np.random.SeedSequence(
+            self.settings.seed, spawn_key=(STREAM_VERSION, int(self.keys[proto]), stream)
+        )
+        key = seq.generate_state(2, np.uint64)
+        generator = np.random.Generator(np.random.Philox(key=key))
+        buffer = np.zeros(4, dtype=np.uint64)
+
+        def read(block: int, shape: tuple[int, ...]) -> np.ndarray:
+            # Jump to the block's counter by setting the documented state (cheaper than a new generator).
+            generator.bit_generator.state = {
+                "bit_generator": "Philox",
+                "state": {"counter": np.array([0, block, 0, 0], dtype=np.uint64), "key": key},
+                "buffer": buffer,
+                "buffer_pos": 4,
+                "has_uint32": 0,
+                "uinteger": 0,
+            }
+            return generator.random(shape)
+
+        return read
+
     def _gather(self, proto: int, stream: int, uidx: np.ndarray, block_size: int, width: int) -> np.ndarray:
         """Uniforms of the candidates ``uidx`` of prototype ``proto`` from ``stream``, shape ``(m, width)``."""
-        seed, key = self.settings.seed, int(self.keys[proto])
+        read = self._block_reader(proto, stream)
         blocks = uidx // block_size
         order = np.argsort(blocks, kind="stable")
         unique, starts = np.unique(blocks[order], return_index=True)
         bounds = np.append(starts, len(order))
         out = np.empty((len(uidx), width))
         for u, block in enumerate(unique.tolist()):
-            seq = np.random.SeedSequence(seed, spawn_key=(STREAM_VERSION, key, stream, block))
-            table = np.random.Generator(np.random.Philox(seq)).random((block_size, width))
+            table = read(block, (block_size, width))
             rows = order[bounds[u] : bounds[u + 1]]
             out[rows] = table[uidx[rows] - block * block_size]
         return out
@@ -307,11 +331,43 @@ class CandidateSpace:
         return keep
 
     def kept_in_range(self, start: int, stop: int) -> np.ndarray:
-        """Candidate numbers in ``[start, stop)`` that survive sub-sampling (sorted)."""
-        indices = np.arange(start, stop, dtype=np.int64)
+        """Candidate numbers in ``[start, stop)`` that survive sub-sampling (sorted).
+
+        Works prototype by prototype on contiguous ranges, so it avoids the general :meth:`decode`; with all 89
+        elements chosen the universe index is the local index and the uniforms are read block by block.
+        """
         if self.all_kept(start, stop):
-            return indices
-        return indices[self.keep_mask(indices)]
+            return np.arange(start, stop, dtype=np.int64)
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, stop - 1, side="right")) - 1
+        parts = []
+        for p in range(first, last + 1):
+            a, b = max(start, int(self.offsets[p])), min(stop, int(self.offsets[p + 1]))
+            if a >= b:
+                continue
+            prob = self.keep_probability[p]
+            if prob >= 1.0:
+                parts.append(np.arange(a, b, dtype=np.int64))
+                continue
+            local_a, local_b = a - int(self.offsets[p]), b - int(self.offsets[p])
+            if self._universe_is_identity:
+                uniforms = self._contiguous_uniforms(p, _KEEP_STREAM, local_a, local_b, KEEP_BLOCK)
+            else:
+                local = np.arange(local_a, local_b, dtype=np.int64)
+                n_occ = self.n_occupations[p]
+                uidx = self.universe_index(p, local // n_occ, local % n_occ)
+                uniforms = self._gather(p, _KEEP_STREAM, uidx, KEEP_BLOCK, 1)[:, 0]
+            parts.append(a + np.flatnonzero(uniforms < prob))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _contiguous_uniforms(
+        self, proto: int, stream: int, start: int, stop: int, block_size: int
+    ) -> np.ndarray:
+        """One uniform per universe index in ``[start, stop)`` of ``stream``, shape ``(stop - start,)``."""
+        read = self._block_reader(proto, stream)
+        b0, b1 = start // block_size, (stop - 1) // block_size
+        tables = [read(block, (block_size,)) for block in range(b0, b1 + 1)]
+        return np.concatenate(tables)[start - b0 * block_size : stop - b0 * block_size]
 
     def all_kept(self, start: int, stop: int) -> bool:
         """Whether every candidate in ``[start, stop)`` is kept for sure (no sub-sampled prototype there)."""

@@ -163,11 +163,7 @@ def plan_sample(space: CandidateSpace, n: int, chunk_size: int, progress: bool |
     )
     for s, start in enumerate(steps.tolist()):
         stop = min(start + _SCAN_STEP, space.size)
-        counts[s] = (
-            stop - start
-            if space.all_kept(start, stop)
-            else int(space.keep_mask(np.arange(start, stop)).sum())
-        )
+        counts[s] = len(space.kept_in_range(start, stop))
         bar.update(stop - start)
     bar.close()
     kept_total = int(counts.sum())

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from aloe.prototypes.library import (
     PrototypeLibrary,
     natural_key,
 )
+from aloe.runs import atomic_path
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -364,24 +364,14 @@ def _write_cache(path: Path, library: PrototypeLibrary, placeholders: Sequence[s
         for p in library.prototypes
     ]
     data["skipped"] = [list(item) for item in library.report.skipped]
-    tmp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary file in the same folder, then os.replace: readers never see a half-written cache,
-        # even with several processes building at once.
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-        ) as handle:
-            tmp_name = handle.name
-            json.dump(data, handle)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; the cache holds nothing private
-        os.replace(tmp_name, path)
-        tmp_name = None
+        # Temp file beside the target, then rename: readers never see a half-written cache, even with several
+        # processes building at once.
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache holds nothing private
     except OSError:
         pass  # the cache only saves time: a read-only home must not stop the library from loading
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
 
 
 def _read_cache(path: Path, placeholders: Sequence[str]) -> PrototypeLibrary | None:
