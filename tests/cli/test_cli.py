@@ -97,3 +97,43 @@ def test_prototypes_list_show_stats(proto_dir, tmp_path):
     assert "arity 3: prototypes by number of distinct occupations 6:1" in stats.output
     missing = runner.invoke(app, ["prototypes", "show", "nope", "-s", str(proto_dir)])
     assert missing.exit_code == 2 and "no prototype named 'nope'" in missing.stderr
+
+
+def test_ctrl_c_names_the_folder_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "ALOE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aloe.cli.main",
+            "generate",
+            "-p",
+            "builtin:binary",
+            "--sample",
+            "60000",
+            "--chunk-size",
+            "1000",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "chunks").glob("chunk-*.parquet"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"run folder: {out}" in stdout
+    assert f"--output {out} to resume" in stderr and "Traceback" not in stderr

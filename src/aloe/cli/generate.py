@@ -11,6 +11,7 @@ from aloe.cli.options import (
     OutputOption,
     ProgressOption,
     SetOption,
+    announce_run_folder,
     invocation,
     parse_sets,
     split_list,
@@ -86,14 +87,17 @@ def generate_command(
             _print_candidates(settings, index)
             return
         from aloe.generate.stage import generate
+        from aloe.runs import default_run_dir
 
+        if settings.output is None:
+            settings = settings.model_copy(update={"output": default_run_dir("generate")})
+        announce_run_folder(settings.output)
         result = generate(settings, command=invocation(ctx))
         c = result.counts
         typer.echo(
             f"wrote {c['candidates_written']:,} candidates in {c['chunks_written']} chunks "
             f"({c['chunks_resumed']} chunks already done) of a {c['plan']} plan over {c['candidates']:,} candidates"
         )
-        typer.echo(f"run folder: {result.run_dir}")
         typer.echo(f"summary: {result.summary_path}")
 
 

@@ -72,16 +72,26 @@ def invocation(ctx: typer.Context) -> str:
     return shlex.join(parts)
 
 
+#: The run folder of the command in progress (named in the message after Ctrl-C).
+_CURRENT_RUN: dict[str, Path] = {}
+
+
+def announce_run_folder(path: Path) -> None:
+    """Print the run folder before a long stage starts, and remember it for the interrupt message."""
+    _CURRENT_RUN["path"] = Path(path)
+    typer.echo(f"run folder: {path}")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print an :class:`AloeError` as one line on stderr and exit with status 2."""
+    """Print an :class:`AloeError` as one line on stderr and exit with status 2 (130 after Ctrl-C)."""
     try:
         yield
     except AloeError as exc:
         typer.echo(f"aloe: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo(
-            "aloe: interrupted; finished chunks are kept, run the same command again to resume", err=True
-        )
-        sys.exit(130)
+        run = _CURRENT_RUN.get("path")
+        hint = f"run the same command with --output {run} to resume" if run else "run the same command again"
+        typer.echo(f"aloe: interrupted; finished chunks are kept: {hint}", err=True)
+        raise typer.Exit(130) from None

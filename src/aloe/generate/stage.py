@@ -346,7 +346,7 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
         written += result["rows"]
         bar.update(1)
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(candidates=written, per_s=f"{written / max(elapsed, 1e-9):,.0f}")
+        bar.set_postfix(candidates=f"{written:,}", per_s=f"{written / max(elapsed, 1e-9):,.0f}")
     bar.close()
     timings["generate"] = time.perf_counter() - t0
 
