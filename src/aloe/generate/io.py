@@ -5,7 +5,11 @@ Columns
 index (int64), prototype (dictionary string: prototype name), occupation (int16), elements (string, Z order joined
 by '-'), seed (int64: the run seed), universe_index (int64: with seed and prototype name, fixes the candidate's random
 numbers), n_sites (int16), cell (9 float64, rows of the lattice matrix, A), frac_coords (list of float64, 3 per site),
-numbers (list of int16 atomic numbers), scale (float64: the guessed lattice scale), strain (6 float64, Voigt).
+numbers (list of int16 atomic numbers), scale (float64: the guessed lattice scale), strain (6 float64, Voigt),
+source_id (string: where a structure that did not come from ``aloe generate`` was read from; null otherwise).
+
+The same schema holds structures read from other files (``screen`` inputs, selected sets): then ``prototype`` is
+the source file, ``occupation`` 0, ``seed`` and ``universe_index`` -1, ``scale`` and ``strain`` NaN.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
     from aloe.generate.space import CandidateSpace
+    from aloe.structures import StructureBatch
 
 SCHEMA_VERSION = "1"
 
@@ -44,6 +49,7 @@ SCHEMA = pa.schema(
         ("numbers", pa.list_(pa.int16())),
         ("scale", pa.float64()),
         ("strain", pa.list_(pa.float64(), 6)),
+        ("source_id", pa.string()),
     ],
     metadata={"aloe.schema": SCHEMA_VERSION, "aloe.kind": "candidates"},
 )
@@ -84,6 +90,43 @@ def batch_to_table(batch: CandidateBatch, space: CandidateSpace) -> pa.Table:
         pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(batch.numbers, pa.int16())),
         pa.array(batch.scale, pa.float64()),
         pa.FixedSizeListArray.from_arrays(pa.array(batch.strain.reshape(-1)), 6),
+        pa.nulls(m, pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def table_from_atoms(atoms_list: list, ids: list[str], start_index: int, source: str) -> pa.Table:
+    """Candidate-schema table of arbitrary structures (see module docstring for how the columns are filled)."""
+    from aloe.structures import StructureBatch
+
+    batch = StructureBatch.from_atoms(atoms_list, ids)
+    m = len(batch)
+    symbols = _symbols()
+    elements = []
+    for r in range(m):
+        zs = sorted(set(batch.numbers[batch.atom_slice(r)].tolist()))
+        elements.append("-".join(symbols[z] for z in zs))
+    n = batch.n_atoms
+    arrays = [
+        pa.array(np.arange(start_index, start_index + m, dtype=np.int64)),
+        pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(m, dtype=np.int32)), pa.array([source], pa.string())
+        ),
+        pa.array(np.zeros(m, dtype=np.int16)),
+        pa.array(elements, pa.string()),
+        pa.array(np.full(m, -1, dtype=np.int64)),
+        pa.array(np.full(m, -1, dtype=np.int64)),
+        pa.array(n.astype(np.int16)),
+        pa.FixedSizeListArray.from_arrays(pa.array(batch.cell.reshape(-1)), 9),
+        pa.ListArray.from_arrays(
+            pa.array(batch.offsets * 3, pa.int32()), pa.array(batch.frac_coords.reshape(-1))
+        ),
+        pa.ListArray.from_arrays(
+            pa.array(batch.offsets, pa.int32()), pa.array(batch.numbers.astype(np.int16))
+        ),
+        pa.array(np.full(m, np.nan)),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.full(6 * m, np.nan)), 6),
+        pa.array([str(i) for i in ids], pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
@@ -123,12 +166,30 @@ class CandidateRows:
         self.prototype = self.table.column("prototype").to_pylist()
         self.elements = self.table.column("elements").to_pylist()
         self.occupation = self.table.column("occupation").to_numpy()
+        names = self.table.column_names
+        self.source_id = (
+            self.table.column("source_id").to_pylist() if "source_id" in names else [None] * len(self)
+        )
+
+    def batch(self) -> StructureBatch:
+        """The rows as a :class:`~aloe.structures.StructureBatch` (ids are :meth:`label`)."""
+        from aloe.structures import StructureBatch
+
+        return StructureBatch(
+            cell=self.cell,
+            frac_coords=self.frac_coords,
+            numbers=self.numbers.astype(np.int64),
+            offsets=self.offsets.astype(np.int64),
+            ids=[self.label(r) for r in range(len(self))],
+        )
 
     def __len__(self) -> int:
         return self.table.num_rows
 
     def label(self, row: int) -> str:
-        """Readable id: ``<index>_<prototype>_<elements>_occ<k>``."""
+        """Readable id: ``<index>_<prototype>_<elements>_occ<k>``, or the source id of a structure read from a file."""
+        if self.source_id[row]:
+            return str(self.source_id[row])
         return f"{self.index[row]}_{self.prototype[row]}_{self.elements[row]}_occ{self.occupation[row]}"
 
     def to_atoms(self, row: int) -> Atoms:

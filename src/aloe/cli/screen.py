@@ -1,0 +1,94 @@
+"""``aloe screen``: query by committee over a generate run or a structure file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aloe.cli.options import (
+    ConfigOption,
+    OutputOption,
+    ProgressOption,
+    SetOption,
+    announce_run_folder,
+    invocation,
+    parse_sets,
+    user_errors,
+)
+
+HELP = (
+    "Run a committee of potentials over candidates and select those it disagrees on (MP-ALOE rules). Writes "
+    "per-structure metrics, the selected structures and plots to a run folder; resumes when run again on it."
+)
+
+
+def screen_command(
+    ctx: typer.Context,
+    input_path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Generate run folder, extxyz, folder of POSCAR/CIF, MP-ALOE .jsonl(.gz), MatPES .json(.gz)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    committee: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--committee", "-m", help="Member (name, .model path/glob, module:factory). Repeatable."
+        ),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per forward pass.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads per process.")] = None,
+    references: Annotated[Path | None, typer.Option(help="Table of elemental reference energies.")] = None,
+    compute_references: Annotated[
+        bool | None,
+        typer.Option("--compute-references/--no-compute-references", help="Compute missing references."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    executor: Annotated[str | None, typer.Option(help="local, process or dask.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    output: OutputOption = None,
+    set_: SetOption = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Screen candidates with a committee."""
+    with user_errors():
+        from aloe.runs import default_run_dir
+        from aloe.screen.settings import ScreenSettings
+        from aloe.screen.stage import screen
+        from aloe.settings import build_settings
+
+        overrides = parse_sets(set_)
+        overrides.update(
+            {
+                "input": str(input_path) if input_path else None,
+                "committee": committee or None,
+                "device": device,
+                "batch_size": batch_size,
+                "threads": threads,
+                "references": str(references) if references else None,
+                "compute_references": compute_references,
+                "workers": workers,
+                "executor": executor,
+                "scheduler": scheduler,
+                "output": str(output) if output else None,
+                "progress": progress,
+            }
+        )
+        settings = build_settings(ScreenSettings, config, overrides, verb="screen")
+        if settings.output is None:
+            settings = settings.model_copy(update={"output": default_run_dir("screen")})
+        announce_run_folder(settings.output)
+        result = screen(settings, command=invocation(ctx))
+        c = result.counts
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in c["outcomes"].items())
+        typer.echo(f"screened {c['structures']:,} structures with {len(c['committee'])} models: {outcomes}")
+        typer.echo(f"selection rate: {c['selection_rate']:.2%}   selected: {result.run_dir / 'selected'}")
+        typer.echo(f"plots: {result.run_dir / 'plots'}")
+        typer.echo(f"summary: {result.summary_path}")
+
+
+__all__ = ["HELP", "screen_command"]

@@ -1,0 +1,141 @@
+"""Read structures from the files users have: extxyz, POSCAR/CIF folders, MP-ALOE JSONL(.gz), MatPES JSON(.gz).
+
+Every reader yields ``(id, Atoms)`` pairs in file order; bad input stops with one line naming the file and, for
+JSON documents, the line or record number.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aloe.errors import InputFileError
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+#: File kinds :func:`iter_structures` recognises, by name.
+KINDS = ("extxyz", "poscar-folder", "structure-file", "mp-aloe-jsonl", "matpes-json")
+
+
+def detect_kind(path: str | Path) -> str:
+    """The kind of a structure source, from its name (see :data:`KINDS`)."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        return "poscar-folder"
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "mp-aloe-jsonl"
+    if name.endswith((".json", ".json.gz")):
+        return "matpes-json"
+    if name.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    return "structure-file"
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _doc_id(doc: dict[str, Any], fallback: str) -> str:
+    for key in ("matpes_id", "material_id", "task_id", "id"):
+        if doc.get(key):
+            return str(doc[key])
+    prov = doc.get("provenance") or {}
+    if isinstance(prov, dict) and prov.get("original_mp_id"):
+        return f"{prov['original_mp_id']}@{fallback}"
+    return fallback
+
+
+def _doc_atoms(doc: Any, path: Path, where: str) -> Atoms:
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if not isinstance(doc, dict) or "structure" not in doc:
+        raise InputFileError(path, f"{where}: document has no 'structure' key")
+    try:
+        structure = Structure.from_dict(doc["structure"])
+    except Exception as exc:
+        raise InputFileError(path, f"{where}: 'structure' is not a pymatgen structure ({exc})") from None
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
+def iter_structures(path: str | Path) -> Iterator[tuple[str, Atoms]]:
+    """Yield ``(id, Atoms)`` for every structure in ``path``.
+
+    Raises
+    ------
+    InputFileError
+        Missing file, unreadable content, a bad JSON line (its number is named), a document without a structure.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(path, "no such file or folder")
+    kind = detect_kind(path)
+    stem = path.name
+    if kind == "poscar-folder":
+        from aloe.prototypes.library import _is_structure_file
+
+        files = sorted(p for p in path.iterdir() if _is_structure_file(p))
+        if not files:
+            raise InputFileError(path, "folder holds no POSCAR/CIF files")
+        for file in files:
+            yield file.name, _read_one(file)
+    elif kind == "structure-file":
+        yield stem, _read_one(path)
+    elif kind == "extxyz":
+        from ase.io import iread
+
+        try:
+            for k, atoms in enumerate(iread(str(path), index=":", format="extxyz")):
+                yield str(atoms.info.get("aloe_id", f"{stem}:{k}")), atoms
+        except Exception as exc:
+            raise InputFileError(path, f"not a readable extxyz file ({_line(exc)})") from None
+    elif kind == "mp-aloe-jsonl":
+        try:
+            with _open_text(path) as fh:
+                for line_no, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputFileError(path, f"line {line_no}: bad JSON ({exc.msg})") from None
+                    yield _doc_id(doc, f"{stem}:{line_no}"), _doc_atoms(doc, path, f"line {line_no}")
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise InputFileError(path, f"unreadable ({_line(exc)})") from None
+    else:  # matpes-json: one JSON list
+        try:
+            with _open_text(path) as fh:
+                docs = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(path, f"bad JSON at line {exc.lineno} ({exc.msg})") from None
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise InputFileError(path, f"unreadable ({_line(exc)})") from None
+        if not isinstance(docs, list):
+            raise InputFileError(path, "expected a JSON list of documents")
+        for k, doc in enumerate(docs):
+            yield _doc_id(doc, f"{stem}:{k}"), _doc_atoms(doc, path, f"record {k}")
+
+
+def _read_one(path: Path) -> Atoms:
+    from ase.io import read
+
+    try:
+        atoms = read(str(path))
+    except Exception as exc:
+        raise InputFileError(path, f"not a readable structure file ({_line(exc)})") from None
+    if not atoms.pbc.all() or atoms.cell.rank != 3:
+        raise InputFileError(path, "structure is not periodic in three dimensions")
+    return atoms
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,383 @@
+"""The screen stage: query by committee over input chunks, resumable, with metrics, selections and plots.
+
+Per input chunk ``chunk-XXXXXX`` the run folder gets ``metrics/chunk-XXXXXX.parquet`` (every structure: the
+three disagreements, thresholds, medians, per-model energies, outcome and reason) and
+``selected/chunk-XXXXXX.parquet`` (the selected structures, candidate schema, ready for ``aloe select``).
+The metrics file is written last, so it marks a finished chunk; a resumed run skips those.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aloe.elements import symbol_to_z, z_to_symbol
+from aloe.errors import AloeError
+from aloe.executors import get_executor
+from aloe.generate.io import read_chunk, write_table
+from aloe.progress import make_bar
+from aloe.runs import RunFolder, atomic_path, default_run_dir, write_yaml_atomic
+from aloe.screen.committee import Committee
+from aloe.screen.inputs import InputChunk, prepare_inputs
+from aloe.screen.metrics import OUTCOMES, SELECTED, evaluate
+from aloe.screen.settings import ScreenSettings
+
+METRICS_DIR = "metrics"
+SELECTED_DIR = "selected"
+REFERENCES_FILE = "references.yaml"
+
+
+# ---- committee and references -----------------------------------------------------------------------------
+def load_screen_committee(settings: ScreenSettings) -> Committee:
+    """The committee named by the settings, with device, dtype, batch size and threads applied."""
+    from aloe.potentials.registry import load_committee
+
+    members = load_committee(
+        settings.committee,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.batch_size,
+        threads=settings.threads,
+    )
+    return Committee(members)
+
+
+def resolve_references(
+    committee: Committee, elements: list[str], settings: ScreenSettings
+) -> list[dict[str, float]] | None:
+    """Each member's elemental reference energies (eV/atom) for ``elements``; ``None`` for the total basis."""
+    if settings.energy_basis == "total" and settings.references is None and not settings.compute_references:
+        return None
+    from aloe.potentials.references import ReferenceStore
+
+    store = ReferenceStore()
+    return [
+        store.get(
+            member,
+            elements,
+            table=settings.references,
+            compute=settings.compute_references,
+            progress=settings.progress,
+        )
+        for member in committee.members
+    ]
+
+
+def reference_tables(references: list[dict[str, float]] | None) -> list[np.ndarray] | None:
+    """Reference dicts -> arrays indexed by atomic number (NaN where absent)."""
+    if references is None:
+        return None
+    tables = []
+    for refs in references:
+        table = np.full(119, np.nan)
+        for symbol, value in refs.items():
+            table[symbol_to_z(symbol)] = value
+        tables.append(table)
+    return tables
+
+
+# ---- one chunk ------------------------------------------------------------------------------------------
+_COMMITTEES: dict[str, Committee] = {}
+
+
+def _committee_for(settings_json: str) -> Committee:
+    committee = _COMMITTEES.get(settings_json)
+    if committee is None:
+        committee = load_screen_committee(ScreenSettings.model_validate_json(settings_json))
+        _COMMITTEES.clear()
+        _COMMITTEES[settings_json] = committee
+    return committee
+
+
+def screen_rows(rows, committee: Committee, settings: ScreenSettings, tables: list[np.ndarray] | None):
+    """Screen the structures of one chunk; returns ``(metrics, model_seconds, min_distances)``."""
+    batch = rows.batch()
+    min_dist = batch.min_distances()
+    overlap = {
+        int(r): f"atoms {min_dist[r]:.3g} A apart (< {settings.discard.min_distance} A)"
+        for r in np.flatnonzero(min_dist < settings.discard.min_distance)
+    }
+    energies, forces, stresses, failures, seconds = [], [], [], {}, 0.0
+    for rows_idx, sub in batch.chunks(settings.batch_size):
+        skip = {j for j, r in enumerate(rows_idx.tolist()) if r in overlap}
+        pred = committee.predict(sub, skip=skip)
+        energies.append(pred.energy)
+        forces.append(pred.forces)
+        stresses.append(pred.stress)
+        seconds += pred.model_seconds
+        for j, reason in pred.failures.items():
+            if int(rows_idx[j]) not in overlap:
+                failures[int(rows_idx[j])] = reason
+    metrics = evaluate(
+        np.concatenate(energies, axis=1),
+        np.concatenate(forces, axis=1),
+        np.concatenate(stresses, axis=1),
+        batch.numbers,
+        batch.offsets,
+        tables,
+        thresholds=settings.thresholds,
+        multipliers=settings.multipliers,
+        discard=settings.discard,
+        energy_basis=settings.energy_basis,
+        failed=failures,
+        overlap=overlap,
+    )
+    return metrics, seconds, min_dist
+
+
+def metrics_table(
+    rows, metrics, min_dist: np.ndarray, settings: ScreenSettings, names: list[str]
+) -> pa.Table:
+    """Arrow table of one chunk's metrics."""
+    t = settings.thresholds
+    n_atoms = np.diff(rows.offsets)
+    energy_total = metrics.energy_per_atom * n_atoms
+    columns = {
+        "index": pa.array(rows.index, pa.int64()),
+        "id": pa.array([rows.label(r) for r in range(len(rows))], pa.string()),
+        "prototype": pa.array([str(p) for p in rows.prototype], pa.string()),
+        "elements": pa.array(rows.elements, pa.string()),
+        "n_atoms": pa.array(n_atoms.astype(np.int32)),
+        "outcome": pa.array(metrics.outcome.tolist(), pa.string()),
+        "reason": pa.array(metrics.reason, pa.string()),
+        "factor": pa.array(metrics.factor),
+        "energy_disagreement": pa.array(metrics.energy_disagreement),
+        "force_disagreement": pa.array(metrics.force_disagreement),
+        "stress_disagreement": pa.array(metrics.stress_disagreement),
+        "energy_threshold": pa.array(t.energy * metrics.factor),
+        "force_threshold": pa.array(t.force * metrics.factor),
+        "stress_threshold": pa.array(t.stress * metrics.factor),
+        "median_formation_energy": pa.array(metrics.median_formation_energy),
+        "median_max_force": pa.array(metrics.median_max_force),
+        "median_normal_stress": pa.array(metrics.median_normal_stress),
+        "min_distance": pa.array(min_dist),
+        "energy": pa.array(energy_total.T.tolist(), pa.list_(pa.float64())),
+        "formation_energy": pa.array(metrics.formation_energy.T.tolist(), pa.list_(pa.float64())),
+    }
+    table = pa.table(columns)
+    return table.replace_schema_metadata({"aloe.kind": "screen-metrics", "aloe.committee": json.dumps(names)})
+
+
+def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    settings = ScreenSettings.model_validate_json(task["settings"])
+    committee = _committee_for(task["settings"])
+    rows = read_chunk(task["input"])
+    tables = reference_tables(task["references"])
+    metrics, model_seconds, min_dist = screen_rows(rows, committee, settings, tables)
+    selected = rows.table.filter(pa.array(metrics.selected))
+    with atomic_path(task["selected"]) as tmp:
+        write_table(selected, tmp)
+    table = metrics_table(rows, metrics, min_dist, settings, committee.names)
+    with atomic_path(task["metrics"]) as tmp:
+        pq.write_table(table, str(tmp), compression="zstd")
+    return {
+        "chunk": task["name"],
+        "structures": len(rows),
+        "outcomes": dict(Counter(metrics.outcome.tolist())),
+        "seconds": time.perf_counter() - t0,
+        "model_seconds": model_seconds,
+    }
+
+
+# ---- the stage ------------------------------------------------------------------------------------------
+@dataclass
+class ScreenResult:
+    """What a screen run did."""
+
+    run_dir: Path
+    counts: dict[str, Any]
+    timings: dict[str, float]
+    summary_path: Path
+
+
+def _elements_of(chunks: list[InputChunk]) -> list[str]:
+    seen: set[int] = set()
+    for chunk in chunks:
+        numbers = pq.read_table(str(chunk.path), columns=["numbers"]).column("numbers").combine_chunks()
+        seen.update(np.unique(np.asarray(numbers.flatten())).tolist())
+    return [z_to_symbol(z) for z in sorted(seen)]
+
+
+def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult:
+    """Run the screen stage (resumable; see the module docstring)."""
+    if settings.input is None:
+        raise AloeError("screen needs an input: a generate run folder or a structure file")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    output = settings.output or default_run_dir("screen")
+    settings = settings.model_copy(update={"output": Path(output)})
+    run = RunFolder(output, "screen", settings, ScreenSettings.RUNTIME_KEYS)
+    for sub in (METRICS_DIR, SELECTED_DIR):
+        (run.path / sub).mkdir(exist_ok=True)
+        for leftover in (run.path / sub).glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    t0 = time.perf_counter()
+    chunks = prepare_inputs(settings.input, run.path, settings.chunk_size, settings.progress)
+    elements = _elements_of(chunks)
+    timings["inputs"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    committee = load_screen_committee(settings)
+    timings["load_committee"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    references = resolve_references(committee, elements, settings)
+    if references is not None:
+        write_yaml_atomic(run.path / REFERENCES_FILE, dict(zip(committee.names, references, strict=True)))
+    timings["references"] = time.perf_counter() - t0
+
+    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
+    _COMMITTEES.clear()
+    _COMMITTEES[settings_json] = committee
+    todo = [c for c in chunks if not (run.path / METRICS_DIR / f"{c.name}.parquet").exists()]
+    tasks = (
+        {
+            "name": c.name,
+            "input": str(c.path),
+            "metrics": str(run.path / METRICS_DIR / f"{c.name}.parquet"),
+            "selected": str(run.path / SELECTED_DIR / f"{c.name}.parquet"),
+            "settings": settings_json,
+            "references": references,
+        }
+        for c in todo
+    )
+    total = sum(pq.ParquetFile(str(c.path)).metadata.num_rows for c in todo)
+    t0 = time.perf_counter()
+    done = Counter()
+    work_seconds = model_seconds = 0.0
+    bar = make_bar(enabled=settings.progress, total=total, desc="screen", unit="structure")
+    executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
+    for result in executor.map_unordered(_run_chunk, tasks):
+        done.update(result["outcomes"])
+        work_seconds += result["seconds"]
+        model_seconds += result["model_seconds"]
+        bar.update(result["structures"])
+        n = sum(done.values())
+        bar.set_postfix(
+            per_s=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}", selected=f"{done[SELECTED] / n:.1%}"
+        )
+    bar.close()
+    timings["screen"] = time.perf_counter() - t0
+    timings["chunk_work"] = work_seconds
+    timings["inside_models"] = model_seconds
+
+    t0 = time.perf_counter()
+    counts, extra = summarize(run.path, chunks, committee.names, settings)
+    counts.update(
+        {
+            "chunks_total": len(chunks),
+            "chunks_resumed": len(chunks) - len(todo),
+            "structures_screened_now": sum(done.values()),
+            "elements": elements,
+        }
+    )
+    if work_seconds > 0:
+        counts["share_inside_models"] = round(model_seconds / work_seconds, 4)
+    timings["summary"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    summary = run.write_summary(counts, timings, extra=extra, command=command)
+    return ScreenResult(run.path, counts, timings, summary)
+
+
+def read_metrics(run_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All metrics of a screen run as one table."""
+    files = sorted((Path(run_dir) / METRICS_DIR).glob("chunk-*.parquet"))
+    if not files:
+        raise AloeError(f"{run_dir}: no screen metrics found")
+    return pa.concat_tables([pq.read_table(str(f), columns=columns) for f in files])
+
+
+def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], settings: ScreenSettings):
+    """Counts per outcome, selection rates per element and prototype, tables and plots."""
+    from aloe.screen.plots import plot_disagreements, plot_selection_by_element
+
+    table = read_metrics(
+        run_dir,
+        [
+            "outcome",
+            "elements",
+            "prototype",
+            "factor",
+            "energy_disagreement",
+            "force_disagreement",
+            "stress_disagreement",
+        ],
+    )
+    outcome = np.array(table.column("outcome").to_pylist())
+    counts: dict[str, Any] = {"structures": len(outcome), "committee": names}
+    counts["outcomes"] = {name: int((outcome == name).sum()) for name in OUTCOMES}
+    evaluated = np.isin(outcome, ["selected", "rejected", "discarded"])
+    counts["selection_rate"] = round(float((outcome == SELECTED).sum() / max(evaluated.sum(), 1)), 6)
+
+    per_element: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    per_proto: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for elements, proto, out, ok in zip(
+        table.column("elements").to_pylist(),
+        table.column("prototype").to_pylist(),
+        outcome,
+        evaluated,
+        strict=True,
+    ):
+        if not ok:
+            continue
+        for symbol in elements.split("-"):
+            per_element[symbol][0] += 1
+            per_element[symbol][1] += out == SELECTED
+        per_proto[proto][0] += 1
+        per_proto[proto][1] += out == SELECTED
+    rates_el = {
+        k: {"evaluated": v[0], "selected": int(v[1]), "rate": round(v[1] / v[0], 4)}
+        for k, v in sorted(per_element.items(), key=lambda kv: symbol_to_z(kv[0]))
+    }
+    rates_pr = {
+        k: {"evaluated": v[0], "selected": int(v[1]), "rate": round(v[1] / v[0], 4)}
+        for k, v in sorted(per_proto.items())
+    }
+    _write_csv(run_dir / "selection_by_element.csv", "element", rates_el)
+    _write_csv(run_dir / "selection_by_prototype.csv", "prototype", rates_pr)
+
+    factor = np.array(table.column("factor").to_pylist(), dtype=float)
+    dis = {
+        k: np.array(table.column(f"{k}_disagreement").to_pylist(), dtype=float)
+        for k in ("energy", "force", "stress")
+    }
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    t = settings.thresholds
+    plot_disagreements(
+        dis,
+        factor,
+        {"energy": t.energy, "force": t.force, "stress": t.stress},
+        outcome,
+        plots / "disagreements.png",
+        names,
+    )
+    if rates_el:
+        plot_selection_by_element(rates_el, plots / "selection_by_element.png")
+    quantiles = {}
+    for k, v in dis.items():
+        finite = v[np.isfinite(v)]
+        if len(finite):
+            quantiles[k] = {f"p{q}": float(np.percentile(finite, q)) for q in (5, 25, 50, 75, 95)}
+    extra = {
+        "disagreement_quantiles": quantiles,
+        "selection_by_element": rates_el,
+        "plots": sorted(str(p.relative_to(run_dir)) for p in plots.glob("*.png")),
+    }
+    return counts, extra
+
+
+def _write_csv(path: Path, key: str, rows: dict[str, dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        lines = [f"{key},evaluated,selected,rate"]
+        lines += [f"{k},{v['evaluated']},{v['selected']},{v['rate']}" for k, v in rows.items()]
+        tmp.write_text("\n".join(lines) + "\n")
