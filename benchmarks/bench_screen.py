@@ -1,0 +1,275 @@
+"""Benchmark the screen stage: the CHGNet trio on the same generated candidates, reference-code loop vs aloe.
+
+Usage::
+
+    python benchmarks/bench_screen.py [--n 2000] [--workers 2] [--prototypes builtin|PATH]
+
+(a) Baseline, as the MP-ALOE reference code screens: one structure at a time, pymatgen -> ASE ``Atoms``
+    (``AseAtomsAdaptor``), each of the three models as an ASE calculator (``CHGNetCalculator``: energy, forces,
+    stress), formation energy per atom from each model's references, a pandas table per structure, then the
+    disagreement metrics with per-pair numpy loops. torch keeps its default thread count, as in the reference code.
+(b) aloe: ``aloe.screen.stage.screen`` on the generate run (batched fast CHGNet path, shared graphs, one torch
+    thread per process, ``--workers`` processes), including process start-up and model loading.
+
+Both use the same elemental references (computed once by aloe's ReferenceStore and cached; not timed here).
+Prints structures per second of each, the ratio (target >= 10x on CPU), the share of aloe's chunk time spent inside
+model calls (target: overhead outside them < 10%), and whether the two agree on the outcomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT.parent / "shared" / "data" / "mp-aloe-prototypes"
+RESULTS = ROOT / "benchmarks" / "results" / "bench_screen.json"
+COMMITTEE = ["chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan"]
+# A broad, everyday chemistry keeps the one-off reference relaxations short (20 elements x 3 models, cached).
+ELEMENTS = [
+    "H",
+    "Li",
+    "C",
+    "N",
+    "O",
+    "F",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "P",
+    "S",
+    "Cl",
+    "K",
+    "Ca",
+    "Ti",
+    "Mn",
+    "Fe",
+    "Ni",
+    "Cu",
+]
+
+
+def make_candidates(work: Path, n: int, prototypes: str) -> Path:
+    from aloe.generate.settings import GenerateSettings
+    from aloe.generate.stage import generate
+
+    out = work / "generate"
+    settings = GenerateSettings.model_validate(
+        {
+            "prototypes": {"source": prototypes},
+            "elements": ELEMENTS,
+            "sample": n,
+            "seed": 7,
+            "chunk_size": 125,
+            "output": str(out),
+            "progress": False,
+        }
+    )
+    generate(settings)
+    return out
+
+
+def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
+    """The reference code's per-structure loop (see module docstring)."""
+    import pandas as pd
+    import torch
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from aloe.generate.io import iter_candidates
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        calcs = [
+            CHGNetCalculator(
+                model=CHGNet.load(model_name=m.removeprefix("chgnet-"), verbose=False), use_device="cpu"
+            )
+            for m in COMMITTEE
+        ]
+    structures, ids = [], []
+    for rows in iter_candidates(run):
+        for r in range(len(rows)):
+            structures.append(rows.to_structure(r))
+            ids.append(int(rows.index[r]))
+    outcomes = {}
+    t0 = time.perf_counter()
+    for idx, structure in zip(ids, structures, strict=True):
+        atoms = AseAtomsAdaptor().get_atoms(structure)
+        results = []
+        for name, calc in zip(COMMITTEE, calcs, strict=True):
+            atoms.calc = calc
+            energy = atoms.get_potential_energy()
+            for site in structure:
+                energy -= references[name][site.specie.symbol]
+            results.append(
+                {
+                    "energy": energy / len(structure),
+                    "forces": atoms.get_forces(),
+                    "stress": atoms.get_stress(),
+                }
+            )
+        df = pd.DataFrame(results, index=COMMITTEE)
+        e_dis = np.std(df["energy"].to_list())
+        f_dis = np.mean(
+            [
+                np.sqrt(np.mean(np.square(np.linalg.norm(np.abs(a - b), axis=1))))
+                for a, b in combinations(df["forces"].to_list(), 2)
+            ]
+        )
+        s_dis = np.mean([np.linalg.norm(np.abs(a - b)) for a, b in combinations(df["stress"].to_list(), 2)])
+        med_e = np.median(df["energy"])
+        med_f = np.median([max(np.linalg.norm(f, axis=1)) for f in df["forces"]])
+        med_s = np.median([abs(np.mean(s[0:3])) for s in df["stress"]])
+        if med_e > 0.25 or med_f > 50 or med_s > 0.5:
+            outcomes[idx] = "discarded"
+            continue
+        z = {site.specie for site in structure}
+        factor = 1.0
+        if any(el.is_noble_gas for el in z):
+            factor *= 5
+        factor *= 3 if any(el.symbol == "He" for el in z) else 1
+        factor *= 2 if any(el.symbol == "Ne" for el in z) else 1
+        factor *= 4 if any(el.symbol == "Tc" for el in z) else 1
+        factor *= 4 if any(el.is_actinoid for el in z) else 1
+        factor *= 3 if any(el.is_lanthanoid for el in z) else 1
+        factor *= np.sqrt(len(structure)) / np.sqrt(2)
+        selected = e_dis > 0.1 * factor or f_dis > 0.1 * factor or s_dis > 0.1 * factor
+        outcomes[idx] = "selected" if selected else "rejected"
+    seconds = time.perf_counter() - t0
+    return {
+        "structures": len(ids),
+        "seconds": seconds,
+        "per_s": len(ids) / seconds,
+        "outcomes": outcomes,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def aloe_screen(run: Path, work: Path, refs_file: Path, workers: int, name: str) -> dict:
+    from aloe.screen.settings import ScreenSettings
+    from aloe.screen.stage import read_metrics, screen
+
+    settings = ScreenSettings.model_validate(
+        {
+            "input": str(run),
+            "committee": COMMITTEE,
+            "references": str(refs_file),
+            "compute_references": False,
+            "workers": workers,
+            "executor": "process" if workers > 1 else "local",
+            "threads": 1,
+            "batch_size": 32,
+            "output": str(work / name),
+            "progress": False,
+        }
+    )
+    t0 = time.perf_counter()
+    result = screen(settings)
+    seconds = time.perf_counter() - t0
+    table = read_metrics(result.run_dir, ["index", "outcome"])
+    outcomes = dict(zip(table.column("index").to_pylist(), table.column("outcome").to_pylist(), strict=True))
+    t = result.timings
+    return {
+        "structures": result.counts["structures"],
+        "seconds": seconds,
+        "per_s": result.counts["structures"] / seconds,
+        "screen_seconds": t["screen"],
+        "chunk_work_seconds": t["chunk_work"],
+        "inside_models_seconds": t["inside_models"],
+        "share_inside_models": t["inside_models"] / t["chunk_work"],
+        "startup_seconds": seconds - t["screen"],
+        "outcomes": outcomes,
+        "counts": result.counts["outcomes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--prototypes", default=str(PUBLISHED) if PUBLISHED.is_dir() else "builtin")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("ALOE_PROGRESS", "0")
+
+    from aloe.potentials.references import ReferenceStore
+    from aloe.potentials.registry import load_committee
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print(f"candidates: {args.n} from {args.prototypes}, elements {','.join(ELEMENTS)}")
+        run = make_candidates(work, args.n, args.prototypes)
+        t0 = time.perf_counter()
+        store = ReferenceStore()
+        refs = {m.name: store.get(m, ELEMENTS) for m in load_committee(COMMITTEE, threads=1)}
+        ref_seconds = time.perf_counter() - t0
+        refs_file = work / "refs.yaml"
+        refs_file.write_text(yaml.safe_dump(refs))
+        print(f"references: {ref_seconds:.1f} s (cached after the first run)")
+        print("(a) baseline: per-structure ASE loop ...", flush=True)
+        base = baseline(run, refs)
+        print(f"(b) aloe screen, {args.workers} worker(s) ...", flush=True)
+        fast = aloe_screen(run, work, refs_file, args.workers, "screen")
+        print("(b') aloe screen, 1 process (for information) ...", flush=True)
+        single = aloe_screen(run, work, refs_file, 1, "screen1")
+
+    common = sorted(set(base["outcomes"]) & set(fast["outcomes"]))
+    agree = sum(base["outcomes"][i] == fast["outcomes"][i] for i in common)
+    ratio = fast["per_s"] / base["per_s"]
+    overhead = 1 - fast["share_inside_models"]
+    print()
+    print("=" * 78)
+    print("screen benchmark (CHGNet 0.3.0 / 0.2.0 / r2scan committee)")
+    print(f"machine        {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(
+        f"baseline       {base['per_s']:8.1f} structures/s  ({base['structures']} in {base['seconds']:.1f} s, "
+        f"torch threads {base['torch_threads']})"
+    )
+    print(
+        f"aloe           {fast['per_s']:8.1f} structures/s  ({fast['structures']} in {fast['seconds']:.1f} s "
+        f"with {args.workers} workers, start-up {fast['startup_seconds']:.1f} s included)"
+    )
+    print(f"aloe, 1 proc   {single['per_s']:8.1f} structures/s  ({single['seconds']:.1f} s)")
+    print(f"ratio          {ratio:8.1f} x   (target >= 10 x on CPU: {'met' if ratio >= 10 else 'NOT met'})")
+    print(
+        f"inside models  {fast['share_inside_models']:.1%} of chunk time; overhead {overhead:.1%} "
+        f"(target < 10%: {'met' if overhead < 0.10 else 'NOT met'})"
+    )
+    print(f"agreement      {agree}/{len(common)} outcomes identical; aloe counts {fast['counts']}")
+    print("=" * 78)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for d in (base, fast, single):
+        d.pop("outcomes")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "baseline": base,
+                "aloe": fast,
+                "aloe_single_process": single,
+                "ratio": ratio,
+                "agreement": [agree, len(common)],
+                "n": args.n,
+                "workers": args.workers,
+                "reference_seconds": ref_seconds,
+            },
+            indent=2,
+        )
+    )
+    print(f"results        {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Any ASE calculator as a :class:`~aloe.potentials.base.Potential` (one structure at a time), plus cheap stand-ins.
+
+:class:`EMTPotential` (ASE's effective-medium theory) and :class:`LennardJonesPotential` are stand-ins for tests and
+demos, named as such: they need no model weights and run in microseconds, but they are not materials models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aloe.errors import AloeError
+from aloe.potentials.base import Potential
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+
+
+class ASECalculatorPotential(Potential):
+    """Wraps an ASE calculator (an instance, or a callable that returns one).
+
+    Parameters
+    ----------
+    calculator_or_factory
+        An ASE ``Calculator`` instance (used for every structure), or a callable returning one (called once, on
+        first use, with ``kwargs``; :meth:`calculator` calls it again for a fresh instance).
+    name
+        Name shown in outputs; default: the calculator's class name in lower case.
+    kwargs
+        Keyword arguments for the factory.
+    """
+
+    def __init__(
+        self,
+        calculator_or_factory: Calculator | Callable[..., Calculator],
+        *,
+        name: str | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        from ase.calculators.calculator import BaseCalculator
+
+        self.kwargs = dict(kwargs or {})
+        if isinstance(calculator_or_factory, BaseCalculator):
+            if self.kwargs:
+                raise AloeError(
+                    "kwargs are only used with a calculator factory, not with a calculator instance"
+                )
+            self._factory: Callable[..., Calculator] | None = None
+            self._calc: Calculator | None = calculator_or_factory
+            default_name = type(calculator_or_factory).__name__.lower()
+        elif callable(calculator_or_factory):
+            self._factory = calculator_or_factory
+            self._calc = None
+            default_name = getattr(
+                calculator_or_factory, "__name__", type(calculator_or_factory).__name__
+            ).lower()
+        else:
+            raise AloeError(
+                f"expected an ASE calculator or a callable returning one, got {type(calculator_or_factory).__name__}"
+            )
+        self.name = name or default_name
+        self.batch_size = 1  # one structure per call: a failure costs nothing but itself
+
+    @classmethod
+    def from_import_path(cls, path: str, *, name: str | None = None, **kwargs: Any) -> ASECalculatorPotential:
+        """``"package.module:factory"`` (a calculator class or a function returning a calculator) -> potential.
+
+        Parameters
+        ----------
+        path
+            Import path, module and attribute separated by a colon.
+        name
+            Name shown in outputs; default ``path``.
+        **kwargs
+            Passed to the factory.
+        """
+        factory = import_object(path)
+        if not callable(factory):
+            raise AloeError(f"{path}: is a {type(factory).__name__}, not a calculator class or factory")
+        return cls(factory, name=name or path, kwargs=kwargs)
+
+    # ---- the calculator ----------------------------------------------------------------------------------
+    def _new_calculator(self) -> Calculator:
+        from ase.calculators.calculator import BaseCalculator
+
+        assert self._factory is not None
+        calc = self._factory(**self.kwargs)
+        if not isinstance(calc, BaseCalculator):
+            raise AloeError(
+                f"{self.name}: the factory returned a {type(calc).__name__}, not an ASE calculator"
+            )
+        return calc
+
+    def _calculator(self) -> Calculator:
+        if self._calc is None:
+            self._calc = self._new_calculator()
+        return self._calc
+
+    def calculator(self) -> Calculator:
+        """A fresh calculator from the factory (the wrapped instance itself when built from an instance)."""
+        if self._factory is None:
+            assert self._calc is not None
+            return self._calc
+        return self._new_calculator()
+
+    def _predict_one(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        calc = self._calculator()
+        atoms.calc = calc
+        energy = float(atoms.get_potential_energy())
+        forces = np.asarray(atoms.get_forces(), dtype=float)
+        try:
+            # Atoms.get_stress returns Voigt (xx, yy, zz, yz, xz, xy) in eV/A^3 with ASE's sign, also for 3x3 results.
+            stress = np.asarray(atoms.get_stress(voigt=True), dtype=float)
+        except PropertyNotImplementedError:
+            raise PropertyNotImplementedError(
+                f"the ASE calculator {type(calc).__name__} does not implement stress (aloe needs energy, forces "
+                "and stress of periodic structures)"
+            ) from None
+        finally:
+            atoms.calc = None  # do not keep the calculator's results alive through the Atoms
+        return energy, forces, stress
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A factory rebuilds the calculator in the worker; an instance has to travel as it is.
+        state = self.__dict__.copy()
+        if state["_factory"] is not None:
+            state["_calc"] = None
+        return state
+
+
+class EMTPotential(ASECalculatorPotential):
+    """ASE's EMT: a cheap STAND-IN for tests and demos (Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O), not a UMLIP."""
+
+    def __init__(self) -> None:
+        from ase.calculators.emt import EMT
+
+        super().__init__(EMT, name="emt")
+        self.functional = "EMT (stand-in)"
+
+
+class LennardJonesPotential(ASECalculatorPotential):
+    """ASE's Lennard-Jones (one pair for all elements): a STAND-IN for tests and demos.
+
+    Parameters
+    ----------
+    sigma, epsilon
+        Length (A) and well depth (eV).
+    rc
+        Cutoff (A); ASE's default is ``3 * sigma``.
+    smooth
+        ASE's smooth cutoff. Off by default: the plain shifted form is the textbook potential, and its energy is
+        continuous at ``rc`` (only the force jumps), which is all a stand-in needs.
+    """
+
+    def __init__(
+        self, sigma: float = 2.5, epsilon: float = 0.01, rc: float | None = 6.0, smooth: bool = False
+    ):
+        from ase.calculators.lj import LennardJones
+
+        rc = 3.0 * sigma if rc is None else float(rc)
+        name = (
+            f"lj(sigma={float(sigma)!r},epsilon={float(epsilon)!r},rc={rc!r}"
+            + (",smooth" if smooth else "")
+            + ")"
+        )
+        super().__init__(
+            LennardJones,
+            name=name,
+            kwargs={"sigma": float(sigma), "epsilon": float(epsilon), "rc": rc, "smooth": bool(smooth)},
+        )
+        self.functional = "Lennard-Jones (stand-in)"
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module:attribute"`` (dots after the colon walk attributes).
+
+    Raises
+    ------
+    AloeError
+        If the module or the attribute cannot be found.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise AloeError(f"{path!r}: expected 'package.module:factory'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AloeError(f"{path}: cannot import {module_name} ({exc})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AloeError(f"{path}: module {module_name} has no attribute {attr}") from None
+    return obj
+
+
+def accepted_kwargs(factory: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that ``factory`` accepts (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in params}
