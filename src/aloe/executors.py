@@ -6,6 +6,7 @@ finish; it never imports a workflow engine. Dask is optional (``pip install 'alo
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -43,7 +44,11 @@ class ProcessExecutor:
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         """Yield results as workers finish them."""
         task_iter = iter(tasks)
-        with ProcessPoolExecutor(self.workers, initializer=self.initializer, initargs=self.initargs) as pool:
+        # forkserver, not fork: forking a parent whose torch/OpenMP thread pool is running can deadlock the child.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=self.initializer, initargs=self.initargs
+        ) as pool:
             pending = set()
             for task in task_iter:
                 pending.add(pool.submit(fn, task))

@@ -1,0 +1,98 @@
+"""An ASE calculator that evaluates any aloe :class:`~aloe.potentials.base.Potential`.
+
+ASE's optimizers, filters and molecular dynamics drive a ``Calculator``; :class:`PotentialCalculator` lets them
+drive every aloe potential, including batched models that offer no ASE calculator of their own. Each call
+evaluates one structure through :meth:`Potential.predict`, so the potential's failure isolation applies and a
+failed prediction surfaces as ASE's :class:`~ase.calculators.calculator.CalculationFailed` with the model's reason.
+
+Units and signs are aloe's, which are ASE's: energy in eV, forces in eV/A, stress in eV/A^3 as six Voigt
+components (xx, yy, zz, yz, xz, xy), positive = tensile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
+
+from aloe.structures import StructureBatch
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from aloe.potentials.base import Potential
+
+
+class PotentialCalculator(Calculator):
+    """ASE calculator backed by an aloe potential.
+
+    Every structure is treated as periodic in all three directions (aloe potentials work on periodic cells), so
+    the ``Atoms`` must have a full 3D cell; its ``pbc`` flags are ignored. A molecule needs a box large enough
+    that its periodic images do not interact.
+
+    Parameters
+    ----------
+    potential
+        The model to evaluate.
+    **kwargs
+        Passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Raises
+    ------
+    ase.calculators.calculator.CalculationFailed
+        From any ``get_*`` call when the structure has no 3D cell or the potential reports the prediction as failed
+        (it raised, or returned NaN/inf); the message names the model and the reason.
+
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def __init__(self, potential: Potential, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.potential = potential
+        #: Number of model evaluations made so far (diagnostics and tests).
+        self.n_evaluations = 0
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        """Evaluate energy, forces and stress together (one model call gives all three)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        name = getattr(self.potential, "name", type(self.potential).__name__)
+        if atoms.cell.rank < 3:
+            raise CalculationFailed(
+                f"{name}: aloe potentials need a periodic structure with a full 3D cell "
+                f"(got cell rank {atoms.cell.rank}); put the atoms in a box"
+            )
+        batch = StructureBatch.from_atoms([atoms])
+        self.n_evaluations += 1
+        pred = self.potential.predict(batch)
+        reason = pred.errors[0] if pred.errors else None
+        if reason is not None:
+            raise CalculationFailed(f"{name}: prediction failed for {atoms.get_chemical_formula()}: {reason}")
+        energy = float(pred.energy[0])
+        self.results = {
+            "energy": energy,
+            # aloe potentials give no electronic entropy term, so the free energy is the energy.
+            "free_energy": energy,
+            "forces": np.array(pred.forces, dtype=float).reshape(len(atoms), 3),
+            "stress": np.array(pred.stress[0], dtype=float).reshape(6),
+        }
+
+
+def calculator_for(potential: Potential) -> Calculator:
+    """The potential's own ASE calculator if it offers one, else a :class:`PotentialCalculator` around it.
+
+    A model's native calculator is preferred because it may be faster (no batch conversion) or carry options of
+    its own; the adapter works for every potential.
+    """
+    try:
+        return potential.calculator()
+    except NotImplementedError:
+        return PotentialCalculator(potential)
