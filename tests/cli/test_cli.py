@@ -140,3 +140,35 @@ def test_ctrl_c_names_the_folder_to_resume(tmp_path):
     assert proc.returncode == 130
     assert f"run folder: {out}" in stdout
     assert f"--output {out} to resume" in stderr and "Traceback" not in stderr
+
+
+def test_screen_command(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    write(tmp_path / "in.extxyz", [bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Cu", "fcc", a=3.9)])
+    refs = tmp_path / "refs.yaml"
+    refs.write_text("Cu: -0.2\n")
+    out = tmp_path / "scr"
+    args = [
+        "screen",
+        str(tmp_path / "in.extxyz"),
+        "-m",
+        "lj(sigma=2.3,epsilon=0.05)",
+        "-m",
+        "lj(sigma=2.35,epsilon=0.05)",
+        "--references",
+        str(refs),
+        "--no-compute-references",
+        "-o",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "screened 2 structures with 2 models" in result.output
+    assert (out / "summary.yaml").exists() and (out / "plots" / "disagreements.png").exists()
+    bad = runner.invoke(
+        app, ["screen", str(tmp_path / "in.extxyz"), "-m", "nonsense-model", "-o", str(tmp_path / "b")]
+    )
+    assert bad.exit_code == 2 and "unknown potential 'nonsense-model'" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0

@@ -55,13 +55,6 @@ class NoDimerEMT(EMTPotential):
         return energy, forces, stress
 
 
-class NativeEMT(EMTPotential):
-    """Offers its own ASE calculator, which the references must use."""
-
-    def calculator(self) -> EMT:
-        return EMT()
-
-
 def own_relaxation(atoms: Atoms) -> Atoms:
     atoms.calc = EMT()
     assert BFGS(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-4, steps=1000)
@@ -172,15 +165,6 @@ def test_implausibly_bound_candidate_is_rejected():
     energy, info = compute_reference(DeepWellEMT(), "Cu", unchecked)
     assert info["winner"] == "dimer" and energy < -900
     assert info["isolated_atom_energy"] is None
-
-
-def test_uses_the_potentials_own_calculator():
-    potential = NativeEMT()
-    energy, _ = compute_reference(potential, "Cu", ReferenceSettings(candidates=["fcc"]))
-    assert potential.calls == 0
-    assert energy == pytest.approx(
-        compute_reference(EMTPotential(), "Cu", ReferenceSettings(candidates=["fcc"]))[0]
-    )
 
 
 def test_unknown_element():
@@ -336,7 +320,7 @@ def test_invalid_cache_entry_is_recomputed(tmp_path):
 
 def test_committee_bulk_computation(tmp_path):
     store = ReferenceStore(tmp_path, FAST)
-    members = [EMTPotential("a"), EMTPotential("b"), NativeEMT("c")]
+    members = [EMTPotential("a"), EMTPotential("b"), EMTPotential("c")]
     refs = store.committee_references(members, ["Cu", "Ag"], progress=False)
     assert [r.model for r in refs] == ["a@1", "b@1", "c@1"]
     assert all(isinstance(r, ElementalReferences) and set(r) == {"Cu", "Ag"} for r in refs)

@@ -200,3 +200,18 @@ def test_bad_inputs(tmp_path):
     bad.write_text('{"energy": 1}\n')
     with pytest.raises(AloeError, match="line 1: document has no 'structure' key"):
         screen(screen_settings(bad, tmp_path / "s2"))
+
+
+def test_parallel_references_and_workers_match_serial(gen_run, tmp_path, monkeypatch):
+    serial = screen(screen_settings(gen_run, tmp_path / "serial"))
+    # a fresh cache: the references are computed again, now by two worker processes
+    monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache2"))
+    parallel = screen(screen_settings(gen_run, tmp_path / "parallel", workers=2, executor="process"))
+    assert len(list((tmp_path / "cache2" / "references").glob("*.json"))) == len(COMMITTEE)
+    a = yaml.safe_load((serial.run_dir / "references.yaml").read_text())
+    b = yaml.safe_load((parallel.run_dir / "references.yaml").read_text())
+    for model in a:
+        for element in a[model]:
+            assert b[model][element] == pytest.approx(a[model][element], abs=1e-6)
+    ta, tb = metrics_of(serial.run_dir), metrics_of(parallel.run_dir)
+    assert ta.column("outcome").to_pylist() == tb.column("outcome").to_pylist()

@@ -34,8 +34,10 @@ def plot_disagreements(
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # Only structures that passed the discard filters compete for selection; plot those.
+    eligible = np.isin(outcome, ["selected", "rejected"])
     for ax, (name, values) in zip(axes, disagreements.items(), strict=True):
-        scaled = values / factor
+        scaled = np.where(eligible, values / factor, np.nan)
         finite = scaled[np.isfinite(scaled) & (scaled > 0)]
         limit = thresholds[name]
         if len(finite):

@@ -50,15 +50,42 @@ def load_screen_committee(settings: ScreenSettings) -> Committee:
     return Committee(members)
 
 
+def _reference_task(task: tuple[str, int, str]) -> str:
+    settings_json, member, element = task
+    from aloe.potentials.references import ReferenceStore
+
+    ReferenceStore().get(_committee_for(settings_json).members[member], [element])
+    return element
+
+
 def resolve_references(
-    committee: Committee, elements: list[str], settings: ScreenSettings
+    committee: Committee, elements: list[str], settings: ScreenSettings, settings_json: str | None = None
 ) -> list[dict[str, float]] | None:
-    """Each member's elemental reference energies (eV/atom) for ``elements``; ``None`` for the total basis."""
+    """Each member's elemental reference energies (eV/atom) for ``elements``; ``None`` for the total basis.
+
+    Missing references are computed (relaxations of elemental forms, minutes per model for light elements) and
+    cached; with several workers they are computed in parallel, one (model, element) pair per task.
+    """
     if settings.energy_basis == "total" and settings.references is None and not settings.compute_references:
         return None
     from aloe.potentials.references import ReferenceStore
 
     store = ReferenceStore()
+    if settings.workers > 1 and settings.compute_references and settings.references is None and settings_json:
+        tasks = [
+            (settings_json, k, element)
+            for k, member in enumerate(committee.members)
+            for element in elements
+            if element not in store.cached(member)
+        ]
+        if tasks:
+            bar = make_bar(
+                enabled=settings.progress, total=len(tasks), desc="elemental references", unit="ref"
+            )
+            executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
+            for _ in executor.map_unordered(_reference_task, tasks):
+                bar.update(1)
+            bar.close()
     return [
         store.get(
             member,
@@ -229,15 +256,15 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
     t0 = time.perf_counter()
     committee = load_screen_committee(settings)
     timings["load_committee"] = time.perf_counter() - t0
+    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
+    _COMMITTEES.clear()
+    _COMMITTEES[settings_json] = committee
     t0 = time.perf_counter()
-    references = resolve_references(committee, elements, settings)
+    references = resolve_references(committee, elements, settings, settings_json)
     if references is not None:
         write_yaml_atomic(run.path / REFERENCES_FILE, dict(zip(committee.names, references, strict=True)))
     timings["references"] = time.perf_counter() - t0
 
-    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
-    _COMMITTEES.clear()
-    _COMMITTEES[settings_json] = committee
     todo = [c for c in chunks if not (run.path / METRICS_DIR / f"{c.name}.parquet").exists()]
     tasks = (
         {
