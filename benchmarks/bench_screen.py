@@ -196,6 +196,21 @@ def aloe_screen(run: Path, work: Path, refs_file: Path, workers: int, name: str)
     }
 
 
+def references(workers: int) -> dict[str, dict[str, float]]:
+    """The committee's references for ELEMENTS, computed in parallel like ``aloe screen`` does (then cached)."""
+    from aloe.screen.settings import ScreenSettings
+    from aloe.screen.stage import _COMMITTEES, load_screen_committee, resolve_references
+
+    settings = ScreenSettings(
+        committee=COMMITTEE, workers=workers, executor="process" if workers > 1 else "local"
+    )
+    settings_json = settings.model_dump_json()
+    committee = load_screen_committee(settings)
+    _COMMITTEES[settings_json] = committee
+    refs = resolve_references(committee, ELEMENTS, settings, settings_json)
+    return dict(zip(committee.names, refs, strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -205,16 +220,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("ALOE_PROGRESS", "0")
 
-    from aloe.potentials.references import ReferenceStore
-    from aloe.potentials.registry import load_committee
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print(f"candidates: {args.n} from {args.prototypes}, elements {','.join(ELEMENTS)}")
         run = make_candidates(work, args.n, args.prototypes)
         t0 = time.perf_counter()
-        store = ReferenceStore()
-        refs = {m.name: store.get(m, ELEMENTS) for m in load_committee(COMMITTEE, threads=1)}
+        refs = references(args.workers)
         ref_seconds = time.perf_counter() - t0
         refs_file = work / "refs.yaml"
         refs_file.write_text(yaml.safe_dump(refs))

@@ -400,3 +400,20 @@ def test_shortest_distance_of_sheared_cells():
     sheared = atoms.copy()
     sheared.set_cell(np.array([[1, 0, 0], [7, 1, 0], [-5, 3, 1]]) @ atoms.cell[:], scale_atoms=False)
     assert _shortest_distance(sheared) == pytest.approx(expected)
+
+
+class BrokenAtomEMT(EMTPotential):
+    """Like chgnet-r2scan for P: the isolated atom sits absurdly high (+300 eV), the condensed forms are fine."""
+
+    def _predict_one(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        energy, forces, stress = super()._predict_one(atoms)
+        return (energy + 300.0 if len(atoms) == 1 else energy), forces, stress
+
+
+def test_a_broken_isolated_atom_does_not_reject_every_form():
+    energy, info = compute_reference(BrokenAtomEMT(), "Cu", ReferenceSettings(candidates=["fcc", "dimer"]))
+    assert info["winner"] == "fcc" and info["isolated_atom_energy"] > 250
+    assert all(c["error"] is None for c in info["candidates"].values())
+    assert energy == pytest.approx(
+        compute_reference(EMTPotential(), "Cu", ReferenceSettings(candidates=["fcc"]))[0]
+    )
