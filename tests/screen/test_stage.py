@@ -215,3 +215,36 @@ def test_parallel_references_and_workers_match_serial(gen_run, tmp_path, monkeyp
             assert b[model][element] == pytest.approx(a[model][element], abs=1e-6)
     ta, tb = metrics_of(serial.run_dir), metrics_of(parallel.run_dir)
     assert ta.column("outcome").to_pylist() == tb.column("outcome").to_pylist()
+
+
+def test_chgnet_committee_screens_generated_candidates(tmp_path):
+    """The offline CHGNet trio end to end on a handful of small candidates (references from a table)."""
+    settings = GenerateSettings.model_validate(
+        {
+            "prototypes": {"source": "builtin:binary"},
+            "elements": ["Si", "O", "Fe"],
+            "sample": 6,
+            "output": str(tmp_path / "gen"),
+        }
+    )
+    generate(settings)
+    refs = tmp_path / "refs.yaml"
+    refs.write_text(yaml.safe_dump({"Si": -5.3, "O": -4.8, "Fe": -8.3}))
+    result = screen(
+        ScreenSettings.model_validate(
+            {
+                "input": str(tmp_path / "gen"),
+                "references": str(refs),
+                "compute_references": False,
+                "output": str(tmp_path / "scr"),
+            }
+        )
+    )
+    assert result.counts["committee"] == ["chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan"]
+    table = metrics_of(result.run_dir)
+    assert table.num_rows == 6
+    evaluated = [r for r in table.to_pylist() if r["outcome"] in ("selected", "rejected", "discarded")]
+    assert evaluated, table.column("reason").to_pylist()
+    for row in evaluated:
+        assert np.isfinite(row["energy_disagreement"]) and np.isfinite(row["force_disagreement"])
+        assert len(row["energy"]) == 3 and all(np.isfinite(row["energy"]))
