@@ -359,35 +359,21 @@ def test_import_is_cheap():
 # ---- a real model --------------------------------------------------------------------------------------------
 
 
-class CHGNetPotential(Potential):
-    """Minimal CHGNet 0.3.0 wrapper: only the ASE calculator is needed for references."""
-
-    name = "chgnet-0.3.0-test"
-    functional = "PBE+U/MP2020"
-
-    def __init__(self) -> None:
-        from chgnet.model import CHGNet
-
-        self.model = CHGNet.load(model_name="0.3.0", verbose=False)
-
-    def calculator(self):
-        from chgnet.model.dynamics import CHGNetCalculator
-
-        return CHGNetCalculator(self.model, use_device="cpu")
-
-
 @pytest.mark.slow
 def test_chgnet_references(tmp_path: Path):
     pytest.importorskip("chgnet")
+    from aloe.potentials.registry import load_potential
+
+    potential = load_potential("chgnet-0.3.0", threads=1)
     store = ReferenceStore(tmp_path)
-    refs = store.references(CHGNetPotential(), ["Si", "O"])
+    refs = store.references(potential, ["Si", "O"])
     assert refs.info["Si"]["winner"] == "diamond"
     assert refs.info["O"]["winner"] == "dimer"
     assert -5.7 < refs["Si"] < -5.0
     assert -5.3 < refs["O"] < -4.4
     # The O2 bond relaxes near the real 1.21 A.
     assert 1.1 < refs.info["O"]["min_distance"] < 1.35
-    assert json.loads(store.path_for(CHGNetPotential()).read_text())["functional"] == "PBE+U/MP2020"
+    assert json.loads(store.path_for(potential).read_text())["functional"] == potential.functional
 
 
 def test_shortest_distance_of_sheared_cells():
