@@ -13,6 +13,7 @@ never stopping the batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,6 +183,39 @@ class Potential:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+def shared_inputs(
+    batch: StructureBatch,
+    shared: dict[str, Any] | None,
+    key: Any,
+    build: Callable[[int], Any],
+) -> list[Any]:
+    """Per-structure model inputs (graphs, AtomicData ...), built once per sub-batch and key.
+
+    Committee members whose inputs depend only on ``key`` (cutoffs, element table ...) share them through the
+    ``shared`` scratch dict. ``build(row)`` returns the input or a string saying why there is none; an exception
+    becomes such a string, so one unbuildable structure never costs the others.
+    """
+    if shared is not None and key in shared:
+        return shared[key]
+    items: list[Any] = []
+    for row in range(len(batch)):
+        try:
+            items.append(build(row))
+        except Exception as exc:
+            items.append(f"{type(exc).__name__}: {_one_line(exc)}")
+    if shared is not None:
+        shared[key] = items
+    return items
+
+
+def usable_rows(items: list[Any], out: Predictions, prefix: str) -> list[int]:
+    """Rows whose input was built; the others get ``f"{prefix}{reason}"`` as their error in ``out``."""
+    for r, item in enumerate(items):
+        if isinstance(item, str):
+            out.errors[r] = f"{prefix}{item}"
+    return [r for r, item in enumerate(items) if not isinstance(item, str)]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aloe.errors import AloeError
-from aloe.potentials.base import Potential, Predictions, file_digest, voigt_from_tensor
+from aloe.potentials.base import (
+    Potential,
+    Predictions,
+    file_digest,
+    shared_inputs,
+    usable_rows,
+    voigt_from_tensor,
+)
 from aloe.structures import StructureBatch
 
 if TYPE_CHECKING:
@@ -191,19 +198,13 @@ class CHGNetPotential(Potential):
         list
             One entry per structure: a ``CrystalGraph`` (on the CPU), or a string saying why it could not be built.
         """
-        key = self.graph_settings()
-        if shared is not None and key in shared:
-            return shared[key]
         converter = self.model.graph_converter
-        graphs: list[Any] = []
-        for row in range(len(batch)):
-            try:
-                graphs.append(converter(batch.to_structure(row), graph_id=batch.ids[row]))
-            except Exception as exc:  # one unbuildable structure must not cost the others
-                graphs.append(f"{type(exc).__name__}: {_first_line(exc)}")
-        if shared is not None:
-            shared[key] = graphs
-        return graphs
+        return shared_inputs(
+            batch,
+            shared,
+            self.graph_settings(),
+            lambda row: converter(batch.to_structure(row), graph_id=batch.ids[row]),
+        )
 
     def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
         import torch
@@ -212,10 +213,7 @@ class CHGNetPotential(Potential):
         model = self.model
         out = Predictions.empty(batch)
         graphs = self.graphs(batch, shared)
-        rows = [r for r, g in enumerate(graphs) if not isinstance(g, str)]
-        for r, g in enumerate(graphs):
-            if isinstance(g, str):
-                out.errors[r] = f"{self.name} could not build the graph: {g}"
+        rows = usable_rows(graphs, out, f"{self.name} could not build the graph: ")
         if not rows:
             return out
         # CrystalGraph.to() copies every tensor: only move when the model is not on the CPU.
@@ -270,8 +268,3 @@ class CHGNetPotential(Potential):
 def _symmetrize(tensors: np.ndarray) -> np.ndarray:
     # ASE's full_3x3_to_voigt_6_stress averages the off-diagonal pairs; do the same so Voigt values match it.
     return 0.5 * (tensors + np.swapaxes(tensors, -1, -2))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else "")[:300]

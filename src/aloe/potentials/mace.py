@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aloe.errors import AloeError
-from aloe.potentials.base import Potential, Predictions, file_digest, voigt_from_tensor
+from aloe.potentials.base import (
+    Potential,
+    Predictions,
+    file_digest,
+    shared_inputs,
+    usable_rows,
+    voigt_from_tensor,
+)
 from aloe.structures import StructureBatch
 
 if TYPE_CHECKING:
@@ -181,40 +188,28 @@ class MACEPotential(Potential):
 
     def atomic_data(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> list[Any]:
         """The mace-torch ``AtomicData`` of each structure (CPU), or a string saying why it could not be built."""
-        key = self.data_settings()
-        if shared is not None and key in shared:
-            return shared[key]
         from mace import data as mace_data
         from mace.tools import torch_tools, utils
 
         z_table = utils.AtomicNumberTable(self.atomic_numbers)
         known = set(self.atomic_numbers)
         keyspec = mace_data.KeySpecification(info_keys=dict(_INFO_KEYS), arrays_keys=dict(_ARRAYS_KEYS))
-        items: list[Any] = []
-        with torch_tools.default_dtype(self.dtype):
-            for row in range(len(batch)):
-                missing = sorted(set(batch.numbers[batch.atom_slice(row)].tolist()) - known)
-                if missing:
-                    from ase.data import chemical_symbols
 
-                    items.append(
-                        "no parameters for element(s) " + ", ".join(chemical_symbols[z] for z in missing)
-                    )
-                    continue
-                try:
-                    config = mace_data.config_from_atoms(
-                        batch.to_atoms(row), key_specification=keyspec, head_name=self.head
-                    )
-                    items.append(
-                        mace_data.AtomicData.from_config(
-                            config, z_table=z_table, cutoff=self.r_max, heads=self.heads
-                        )
-                    )
-                except Exception as exc:  # one bad structure must not cost the others
-                    items.append(f"{type(exc).__name__}: {_first_line(exc)}")
-        if shared is not None:
-            shared[key] = items
-        return items
+        def build(row: int) -> Any:
+            missing = sorted(set(batch.numbers[batch.atom_slice(row)].tolist()) - known)
+            if missing:
+                from ase.data import chemical_symbols
+
+                return "no parameters for element(s) " + ", ".join(chemical_symbols[z] for z in missing)
+            config = mace_data.config_from_atoms(
+                batch.to_atoms(row), key_specification=keyspec, head_name=self.head
+            )
+            return mace_data.AtomicData.from_config(
+                config, z_table=z_table, cutoff=self.r_max, heads=self.heads
+            )
+
+        with torch_tools.default_dtype(self.dtype):
+            return shared_inputs(batch, shared, self.data_settings(), build)
 
     def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
         import torch
@@ -223,10 +218,7 @@ class MACEPotential(Potential):
         model = self.model
         out = Predictions.empty(batch)
         items = self.atomic_data(batch, shared)
-        rows = [r for r, item in enumerate(items) if not isinstance(item, str)]
-        for r, item in enumerate(items):
-            if isinstance(item, str):
-                out.errors[r] = f"{self.name}: {item}"
+        rows = usable_rows(items, out, f"{self.name}: ")
         if not rows:
             return out
         # from_data_list concatenates into new tensors, so members sharing the AtomicData never share a batch.
@@ -291,8 +283,3 @@ def _quiet_logging():
 def _symmetrize(tensors: np.ndarray) -> np.ndarray:
     # ASE's full_3x3_to_voigt_6_stress averages the off-diagonal pairs, as MACECalculator does.
     return 0.5 * (tensors + np.swapaxes(tensors, -1, -2))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else "")[:300]
