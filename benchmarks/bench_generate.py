@@ -166,7 +166,8 @@ def measure_throughput(
     n: int, baseline_n: int, prototypes: str, chunk_size: int, seed: int
 ) -> dict[str, Any]:
     """Time aloe's path and the per-structure baseline on the same candidates; check they agree."""
-    from aloe.generate.io import CandidateRows, batch_to_table
+    from aloe.data.candidates import CandidateRows
+    from aloe.generate.io import batch_to_table
     from aloe.generate.reference import build_reference
     from aloe.generate.space import CandidateSpace
     from aloe.prototypes import load_prototypes

@@ -90,7 +90,7 @@ def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
     from chgnet.model.dynamics import CHGNetCalculator
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from aloe.generate.io import iter_candidates
+    from aloe.data.candidates import iter_candidates
 
     with contextlib.redirect_stdout(io.StringIO()):
         calcs = [

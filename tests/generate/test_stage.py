@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import aloe.generate.stage as stage
+from aloe.data.candidates import chunk_files, iter_candidates, read_chunk
 from aloe.errors import AloeError
-from aloe.generate.io import chunk_files, iter_candidates, read_chunk
 from aloe.generate.settings import GenerateSettings
 from aloe.generate.stage import generate, load_space, plan_full, plan_sample
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 import aloe.screen.stage as stage
+from aloe.data.candidates import chunk_files, read_chunk
 from aloe.errors import AloeError
-from aloe.generate.io import chunk_files, read_chunk
 from aloe.generate.settings import GenerateSettings
 from aloe.generate.stage import generate
 from aloe.screen.settings import ScreenSettings

@@ -129,7 +129,8 @@ def _print_candidates(settings, indices: list[int]) -> None:
 
     space = load_space(settings)
     batch = space.build(indices)
-    from aloe.generate.io import CandidateRows, batch_to_table
+    from aloe.data.candidates import CandidateRows
+    from aloe.generate.io import batch_to_table
 
     rows = CandidateRows(batch_to_table(batch, space))
     for r in range(len(rows)):

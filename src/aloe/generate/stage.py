@@ -21,16 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from aloe.data.candidates import chunk_files, count_rows, export_extxyz, export_poscars, read_chunk
 from aloe.errors import AloeError
 from aloe.executors import get_executor
-from aloe.generate.io import (
-    batch_to_table,
-    chunk_files,
-    count_rows,
-    export_extxyz,
-    export_poscars,
-    read_chunk,
-)
+from aloe.generate.io import batch_to_table
 from aloe.generate.settings import GenerateSettings
 from aloe.generate.space import STREAM_VERSION, CandidateSpace
 from aloe.progress import make_bar
@@ -220,7 +214,7 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
         indices = space.kept_in_range(task["start"], task["stop"])
     batch = space.build(indices)
     table = batch_to_table(batch, space)
-    from aloe.generate.io import write_table
+    from aloe.data.candidates import write_table
 
     target = Path(task["path"])
     with atomic_path(target) as tmp:

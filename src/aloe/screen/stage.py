@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aloe.data.candidates import read_chunk, write_table
+from aloe.data.inputs import InputChunk, prepare_inputs
 from aloe.elements import symbol_to_z, z_to_symbol
 from aloe.errors import AloeError
 from aloe.executors import get_executor
-from aloe.generate.io import read_chunk, write_table
 from aloe.progress import make_bar
 from aloe.runs import RunFolder, atomic_path, default_run_dir, write_yaml_atomic
 from aloe.screen.committee import Committee
-from aloe.screen.inputs import InputChunk, prepare_inputs
 from aloe.screen.metrics import OUTCOMES, SELECTED, evaluate
 from aloe.screen.settings import ScreenSettings
 
@@ -249,7 +249,9 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
             leftover.unlink(missing_ok=True)
 
     t0 = time.perf_counter()
-    chunks = prepare_inputs(settings.input, run.path, settings.chunk_size, settings.progress)
+    chunks = prepare_inputs(
+        settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe screen"
+    )
     elements = _elements_of(chunks)
     timings["inputs"] = time.perf_counter() - t0
 

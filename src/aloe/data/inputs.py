@@ -1,7 +1,7 @@
-"""What ``aloe screen`` reads: the chunks of a run, or any structure file turned into chunks once.
+"""What a stage reads: the structure chunks of an earlier run, or any structure file turned into chunks once.
 
-Structure files are converted into candidate-schema Parquet chunks inside the screen run folder (``inputs/``),
-written atomically, so a resumed or parallel screen reads the same chunks as the first run.
+Structure files are converted into candidate-schema Parquet chunks inside the reading stage's run folder
+(``inputs/``), written atomically, so a resumed or parallel run reads the same chunks as the first one.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from aloe.data.candidates import chunk_files, table_from_atoms, write_table
 from aloe.errors import AloeError
-from aloe.generate.io import chunk_files, table_from_atoms, write_table
 from aloe.runs import MANIFEST, atomic_path
 
 
@@ -35,25 +35,42 @@ def run_verb(path: Path) -> str | None:
         return None
 
 
+#: Run folders whose structures another stage can read -> the sub-folder holding them.
+RUN_OUTPUTS: dict[str, str] = {"generate": "chunks", "screen": "selected", "select": "selected"}
+
+
 def prepare_inputs(
-    source: Path, run_dir: Path, chunk_size: int, progress: bool | None = None
+    source: Path,
+    run_dir: Path,
+    chunk_size: int,
+    progress: bool | None = None,
+    accept: tuple[str, ...] = ("generate", "screen", "select"),
+    reader: str = "aloe",
 ) -> list[InputChunk]:
     """Input chunks for ``source``: a run's chunk files, or a structure file converted into ``run_dir/inputs``.
 
-    A generate run gives its chunks; a screen run gives its ``selected/`` chunks (to screen the survivors again
-    with another committee). Anything else is read with :func:`aloe.data.readers.iter_structures`.
+    A generate run gives its chunks; a screen or select run gives its ``selected/`` chunks (the structures that
+    survived it). Anything else is read with :func:`aloe.data.readers.iter_structures`.
+
+    Parameters
+    ----------
+    accept
+        The verbs of run folders this stage reads.
+    reader
+        The reading stage, for error messages.
     """
     source = Path(source)
     verb = run_verb(source)
-    if verb in {"generate", "screen"}:
-        folder = source / "selected" if verb == "screen" else source
+    if verb in accept:
+        folder = source / RUN_OUTPUTS[verb]
         files = chunk_files(folder)
         if not files:
             raise AloeError(f"{source}: run folder has no chunk files yet (is the run finished?)")
         return [InputChunk(f.name.removesuffix(".parquet"), f) for f in files]
     if verb is not None:
+        runs = ", ".join(accept)
         raise AloeError(
-            f"{source}: a '{verb}' run folder is not a screen input (use a generate run or structures)"
+            f"{source}: a '{verb}' run folder is not an input of {reader} (use a {runs} run or structures)"
         )
     folder = run_dir / "inputs"
     done_marker = folder / "complete.yaml"
