@@ -62,8 +62,8 @@ def generate_command(
         from aloe.generate.settings import GenerateSettings
         from aloe.settings import build_settings
 
-        overrides = parse_sets(set_)
-        overrides.update(
+        overrides = parse_sets(
+            set_,
             {
                 "prototypes.source": prototypes,
                 "elements": split_list(elements),
@@ -77,7 +77,7 @@ def generate_command(
                 "export": export or None,
                 "output": str(output) if output else None,
                 "progress": progress,
-            }
+            },
         )
         settings = build_settings(GenerateSettings, config, overrides, verb="generate")
         if count:

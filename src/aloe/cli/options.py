@@ -34,8 +34,12 @@ ProgressOption = Annotated[
 ]
 
 
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}``; a malformed item is an AloeError."""
+def parse_sets(items: list[str] | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}``; a malformed item is an AloeError.
+
+    ``options`` (dotted key -> value of a dedicated command-line option) are merged on top; options left unset
+    (``None``) do not erase a ``--set`` of the same key.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -45,6 +49,7 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise AloeError(f"--set {item!r}: value is not valid YAML") from None
+    out.update({key: value for key, value in (options or {}).items() if value is not None})
     return out
 
 

@@ -61,8 +61,8 @@ def screen_command(
         from aloe.screen.stage import screen
         from aloe.settings import build_settings
 
-        overrides = parse_sets(set_)
-        overrides.update(
+        overrides = parse_sets(
+            set_,
             {
                 "input": str(input_path) if input_path else None,
                 "committee": committee or None,
@@ -76,7 +76,7 @@ def screen_command(
                 "scheduler": scheduler,
                 "output": str(output) if output else None,
                 "progress": progress,
-            }
+            },
         )
         settings = build_settings(ScreenSettings, config, overrides, verb="screen")
         if settings.output is None:

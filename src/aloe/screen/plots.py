@@ -7,16 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from aloe.plotting import pyplot
+
 UNITS = {"energy": "eV/atom", "force": "eV/Å", "stress": "eV/Å³"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_disagreements(
@@ -32,7 +25,7 @@ def plot_disagreements(
     Dividing by the factor puts every structure on the scale of the base threshold, so one line marks the
     selection boundary for all of them.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     # Only structures that passed the discard filters compete for selection; plot those.
     eligible = np.isin(outcome, ["selected", "rejected"])
@@ -79,7 +72,7 @@ def plot_disagreements(
 
 def plot_selection_by_element(rates: dict[str, dict[str, Any]], path: Path) -> None:
     """Bar chart of the selection rate of structures containing each element (Z order)."""
-    plt = _pyplot()
+    plt = pyplot()
     symbols = list(rates)
     values = [rates[s]["rate"] for s in symbols]
     fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(symbols) + 2), 3.8))
