@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt maml  # test oracle for DIRECT (see pyproject)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_select.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

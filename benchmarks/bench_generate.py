@@ -21,17 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, peak_rss_mib, status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT.parent / "shared" / "data" / "mp-aloe-prototypes"
@@ -40,34 +41,6 @@ TARGET_SPEEDUP = 20.0
 
 
 # ---- memory probes -------------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    """A ``kB`` field of /proc/self/status (Linux), or ``None``."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set of this process's own address space (MiB).
-
-    ``VmHWM`` rather than ``ru_maxrss``: after fork/exec, ``ru_maxrss`` can carry the parent's high-water mark,
-    which would make the two children's numbers depend on the parent rather than on their own work.
-    """
-    hwm = _status_kib("VmHWM")
-    if hwm is None:
-        import resource
-
-        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        if sys.platform == "darwin":  # bytes on macOS
-            hwm //= 1024
-    return hwm / 1024.0
-
-
 class ChunkPhaseSampler(threading.Thread):
     """Sample this process's RSS every ``interval`` s; keep the peak seen once the plan file exists.
 
@@ -89,7 +62,7 @@ class ChunkPhaseSampler(threading.Thread):
             if not streaming:
                 streaming = self.plan_file.exists()  # written atomically, right before the chunks
             if streaming:
-                rss = _status_kib("VmRSS") or 0
+                rss = status_kib("VmRSS") or 0
                 self.peak_kib = max(self.peak_kib, rss)
                 self.samples += 1
             self._halt.wait(self.interval)
@@ -259,21 +232,6 @@ def measure_throughput(
 
 
 # ---- driver --------------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    """Where the figures were measured."""
-    versions = {}
-    for name in ("numpy", "scipy", "pymatgen", "pyarrow"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        **versions,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
 
-    results = {"machine": machine(), "throughput": throughput, "memory": memory}
+    results = {
+        "machine": machine(("numpy", "scipy", "pymatgen", "pyarrow")),
+        "throughput": throughput,
+        "memory": memory,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_summary(results, args.output)

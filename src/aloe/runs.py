@@ -158,6 +158,14 @@ class RunFolder:
         for leftover in self.chunk_dir.glob(f".*{TMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
 
+    def subfolder(self, name: str) -> Path:
+        """A further output folder of the run (created; temp files a killed run left there are removed)."""
+        folder = self.path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(f".*{TMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+        return folder
+
     def chunk_path(self, name: str) -> Path:
         """Path of a chunk file."""
         return self.chunk_dir / name
@@ -199,6 +207,21 @@ class RunFolder:
         path = self.path / name
         write_yaml_atomic(path, data)
         return path
+
+
+def open_stage_run(
+    settings: Any, verb: str, runtime_keys: frozenset[str], subfolders: tuple[str, ...] = ()
+) -> tuple[RunFolder, Any]:
+    """Open (or resume) a stage's run folder: ``settings.output`` or ``runs/<verb>-<time>``.
+
+    Returns the run and the settings with ``output`` filled in; ``subfolders`` are created and cleaned.
+    """
+    output = settings.output or default_run_dir(verb)
+    settings = settings.model_copy(update={"output": Path(output)})
+    run = RunFolder(output, verb, settings, runtime_keys)
+    for name in subfolders:
+        run.subfolder(name)
+    return run, settings
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:

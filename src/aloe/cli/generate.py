@@ -8,9 +8,12 @@ import typer
 
 from aloe.cli.options import (
     ConfigOption,
+    ExecutorOption,
     OutputOption,
     ProgressOption,
+    SchedulerOption,
     SetOption,
+    WorkersOption,
     announce_run_folder,
     invocation,
     parse_sets,
@@ -40,9 +43,9 @@ def generate_command(
     ] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Candidates per chunk file.")] = None,
     shard: Annotated[str | None, typer.Option(help="Produce only shard K of N ('K/N', 0-based).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    executor: Annotated[str | None, typer.Option(help="local, process or dask.")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    workers: WorkersOption = None,
+    executor: ExecutorOption = None,
+    scheduler: SchedulerOption = None,
     export: Annotated[
         list[str] | None, typer.Option(help="Also export: extxyz and/or poscar. Repeatable.")
     ] = None,

@@ -32,6 +32,12 @@ OutputOption = Annotated[
 ProgressOption = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")
 ]
+WorkersOption = Annotated[int | None, typer.Option(help="Worker processes.")]
+ExecutorOption = Annotated[str | None, typer.Option(help="local, process or dask.")]
+SchedulerOption = Annotated[str | None, typer.Option(help="Dask scheduler address.")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
+BatchSizeOption = Annotated[int | None, typer.Option(help="Structures per forward pass.")]
+ThreadsOption = Annotated[int | None, typer.Option(help="Torch threads per process.")]
 
 
 def parse_sets(items: list[str] | None, options: dict[str, Any] | None = None) -> dict[str, Any]:

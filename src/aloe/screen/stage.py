@@ -25,7 +25,7 @@ from aloe.elements import symbol_to_z, z_to_symbol
 from aloe.errors import AloeError
 from aloe.executors import get_executor
 from aloe.progress import make_bar
-from aloe.runs import RunFolder, atomic_path, default_run_dir, write_yaml_atomic
+from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
 from aloe.screen.committee import Committee
 from aloe.screen.metrics import OUTCOMES, SELECTED, evaluate
 from aloe.screen.settings import ScreenSettings
@@ -240,13 +240,9 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
         raise AloeError("screen needs an input: a generate run folder or a structure file")
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    output = settings.output or default_run_dir("screen")
-    settings = settings.model_copy(update={"output": Path(output)})
-    run = RunFolder(output, "screen", settings, ScreenSettings.RUNTIME_KEYS)
-    for sub in (METRICS_DIR, SELECTED_DIR):
-        (run.path / sub).mkdir(exist_ok=True)
-        for leftover in (run.path / sub).glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+    run, settings = open_stage_run(
+        settings, "screen", ScreenSettings.RUNTIME_KEYS, (METRICS_DIR, SELECTED_DIR)
+    )
 
     t0 = time.perf_counter()
     chunks = prepare_inputs(

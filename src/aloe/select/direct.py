@@ -164,11 +164,18 @@ def direct_select(
     columns = np.setdiff1d(np.arange(x.shape[1]), dropped)
     if len(columns) == 0:
         raise AloeError("every feature column has NaN/inf values; nothing left to select on")
-    # One contiguous float64 copy: the scaler then works in place on it (no further copy of an N x d matrix).
-    xu = np.ascontiguousarray(x[np.ix_(usable, columns)] if dropped or len(usable) < n else x)
+    # One float64 copy (never the caller's array): the scaler then works in place on it.
+    xu = np.ascontiguousarray(x[np.ix_(usable, columns)]) if dropped or len(usable) < n else x.copy()
 
     scores, ev, evr, m = _principal_scores(xu, settings, notes)
     labels_u, centers, used_threshold = _cluster(scores, settings, notes)
+    # A BIRCH subcluster can end up with no member once every point goes to its nearest centre; drop those
+    # (the reference loops over the labels that occur, so they select nothing there either).
+    occupied, labels_u = np.unique(labels_u, return_inverse=True)
+    if len(occupied) < len(centers):
+        notes.append(f"{len(centers) - len(occupied)} BIRCH subclusters without members dropped")
+        centers = centers[occupied]
+    labels_u = labels_u.astype(np.int64)
     distance_u = np.linalg.norm(scores - centers[labels_u], axis=1)
     rng = np.random.default_rng(settings.seed)
     picked, rank_u = _pick(
@@ -351,7 +358,7 @@ def _pick(
         positions = linspace_ranks(sizes, k)  # (clusters, k)
         picked_sorted = (starts[:, None] + positions).ravel()
         picked = order[picked_sorted]
-        picked = _resolve_ties(picked, labels, distance, order, sizes, starts, positions)
+        picked = _resolve_ties(picked, distance, order, sizes, starts, positions)
     elif settings.criterion == "smallest":
         order_small = np.lexsort((distance, n_atoms, labels))
         small_rank = np.empty(len(labels), dtype=np.int64)
@@ -380,7 +387,6 @@ def linspace_ranks(sizes: np.ndarray, k: int) -> np.ndarray:
 
 def _resolve_ties(
     picked: np.ndarray,
-    labels: np.ndarray,
     distance: np.ndarray,
     order: np.ndarray,
     sizes: np.ndarray,
@@ -400,7 +406,7 @@ def _resolve_ties(
         return picked
     picked = picked.reshape(len(sizes), -1).copy()
     for c in tied_clusters.tolist():
-        members = np.flatnonzero(labels == c)  # ascending rows, as np.where gives them to maml
+        members = np.sort(order[starts[c] : starts[c] + sizes[c]])  # ascending rows, as np.where gives maml
         kth = positions[c]
         picked[c] = members[np.argpartition(distance[members], kth)[kth]]
     return picked.ravel()

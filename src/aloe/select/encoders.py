@@ -3,8 +3,9 @@
 Built-in encoders (resolved by :func:`load_encoder`, lazily, so importing aloe stays fast):
 
 ``chgnet-0.3.0`` (default), ``chgnet-0.2.0``, ``chgnet-r2scan``
-    CHGNet's crystal feature: the mean over atoms of the atom features after the last message-passing layer (and
-    the readout normalisation), the vector CHGNet's energy head reads; 64 numbers. The weights ship in the chgnet
+    CHGNet's atom features after the last message-passing layer (and the readout normalisation), averaged over
+    the atoms of the structure (CHGNet itself sums them: aloe divides by the atom count, so a supercell encodes
+    like its cell); 64 numbers. The weights ship in the chgnet
     wheel, so this works offline, and it sees both composition and geometry (like the M3GNet features maml's
     ``DIRECTSampler`` uses by default, which need a download).
 ``matminer``
@@ -188,7 +189,10 @@ class CHGNetEncoder(Encoder):
                 compute_stress=False,
             )
             pred = model._compute(bg, return_crystal_feas=True)
-        features[rows] = pred["crystal_fea"].double().cpu().numpy()
+        # The shipped models pool by SUM over atoms (GraphPooling(average=False)); dividing by the atom count gives
+        # the mean, so a supercell encodes like its cell and structure size does not dominate the features.
+        pooled = pred["crystal_fea"].double() / pred["atoms_per_graph"].double().view(-1, 1)
+        features[rows] = pooled.cpu().numpy()
         return Encoded(features, errors)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ on the same folder with other DIRECT settings re-selects from the stored feature
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from aloe.data.inputs import InputChunk, prepare_inputs
 from aloe.errors import AloeError, InputFileError
 from aloe.executors import get_executor
 from aloe.progress import make_bar
-from aloe.runs import RunFolder, atomic_path, default_run_dir
+from aloe.runs import atomic_path, open_stage_run
 from aloe.select.direct import DirectResult, direct_select
 from aloe.select.settings import SelectSettings
 
@@ -129,7 +130,7 @@ def read_features(run_dir: Path, chunks: list[InputChunk]) -> FeatureTable:
                 errs = np.asarray(data["errors"], dtype=str)
                 ident = str(data["encoder"])
                 fnames = [str(v) for v in data["feature_names"]]
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise InputFileError(
                 path, f"unreadable feature file ({exc}); delete it to encode again"
             ) from None
@@ -178,13 +179,9 @@ def select(settings: SelectSettings, command: str | None = None) -> SelectResult
         raise AloeError("select needs an input: a screen run folder or a structure file")
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    output = settings.output or default_run_dir("select")
-    settings = settings.model_copy(update={"output": Path(output)})
-    run = RunFolder(output, "select", settings, SelectSettings.RUNTIME_KEYS)
-    for sub in (FEATURES_DIR, SELECTED_DIR):
-        (run.path / sub).mkdir(exist_ok=True)
-        for leftover in (run.path / sub).glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+    run, settings = open_stage_run(
+        settings, "select", SelectSettings.RUNTIME_KEYS, (FEATURES_DIR, SELECTED_DIR)
+    )
 
     t0 = time.perf_counter()
     chunks = prepare_inputs(
@@ -240,6 +237,8 @@ def select(settings: SelectSettings, command: str | None = None) -> SelectResult
     _write_selected(run.path, chunks, table, mask)
     if settings.export == "extxyz":
         _export(run.path, chunks)
+    else:  # a re-selection must not leave the export of an earlier selection beside it
+        (run.path / EXPORT_FILE).unlink(missing_ok=True)
     _write_clusters_csv(run.path, result, mask)
     timings["write"] = time.perf_counter() - t0
 
