@@ -30,8 +30,24 @@ class AloeSettings(BaseModel):
 
     def fingerprint(self, exclude: set[str] | None = None) -> str:
         """Stable hash of the settings (for detecting a resumed run with other settings)."""
-        data = self.model_dump(mode="json", exclude=exclude)
+        data = self.model_dump(mode="json", exclude=_nested_exclude(exclude or set()))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _nested_exclude(keys: set[str]) -> dict[str, Any]:
+    """``{"a", "b.c"}`` -> ``{"a": True, "b": {"c": True}}`` (pydantic's nested exclude)."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if child is True:
+                break
+            node = child
+        else:
+            node[leaf] = True
+    return out
 
 
 def format_validation_error(error: ValidationError, source: str | None = None) -> str:

@@ -6,6 +6,7 @@ import typer
 
 from aloe import __version__
 from aloe.cli import generate as generate_cli
+from aloe.cli import label as label_cli
 from aloe.cli import prototypes as prototypes_cli
 from aloe.cli import screen as screen_cli
 from aloe.cli import select as select_cli
@@ -21,6 +22,7 @@ app.add_typer(prototypes_cli.app, name="prototypes")
 app.command("generate", help=generate_cli.HELP)(generate_cli.generate_command)
 app.command("screen", help=screen_cli.HELP)(screen_cli.screen_command)
 app.command("select", help=select_cli.HELP)(select_cli.select_command)
+app.command("label", help=label_cli.HELP)(label_cli.label_command)
 
 
 def _version(value: bool) -> None:

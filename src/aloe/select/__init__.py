@@ -1,0 +1,1 @@
+"""The select stage: DIRECT down-sampling (encoders, PCA + BIRCH, k per cluster)."""

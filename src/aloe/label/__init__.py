@@ -1,0 +1,1 @@
+"""The label stage: DFT (GPAW, VASP) or stand-in labels for selected structures, as MatPES-schema records."""

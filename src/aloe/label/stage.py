@@ -1,0 +1,564 @@
+"""The label stage: every input structure -> records in the MatPES schema, or a failure with its class.
+
+Run folder layout::
+
+    run.yaml, summary.yaml
+    inputs/                    structure files converted to candidate chunks (only when the input is not a run)
+    isolated_atoms.yaml        the labeler's isolated-atom energies (eV) used for cohesive energies, and their source
+    done/<chunk>/<row>.json    one file per finished structure (records or failure), written atomically
+    records/<chunk>.jsonl      the records of a finished input chunk (JSON lines, MP-ALOE file format)
+    failures/<chunk>.jsonl     its failures: id, class, message, every attempt, the structure
+    work/<chunk>-<row>/        the code's own files (kept for failures by default)
+
+A structure is labelled at most once per settings: a killed run resumes with the structures that have no ``done``
+file, finished chunks are merged into ``records/`` and ``failures/`` (the ``done`` files then go), and failed
+structures are tried again only with ``retry_failed``. Each structure runs in a child process by default
+(``isolate``), so a crash, a kill or a timeout costs that structure only.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from aloe.data.candidates import read_chunk
+from aloe.data.inputs import InputChunk, prepare_inputs
+from aloe.data.records import make_record, settings_id
+from aloe.errors import AloeError
+from aloe.executors import get_executor
+from aloe.label.base import Calculation, Labeler, LabelerError, check_physical
+from aloe.label.registry import load_labeler
+from aloe.label.settings import LabelSettings
+from aloe.progress import make_bar
+from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+RECORDS_DIR = "records"
+FAILURES_DIR = "failures"
+DONE_DIR = "done"
+WORK_DIR = "work"
+ATOMS_FILE = "isolated_atoms.yaml"
+PUBLISHED_REFS = Path(__file__).resolve().parents[1] / "data" / "matpes_elemental_refs.json"
+
+
+# ---- one structure ----------------------------------------------------------------------------------------
+def run_calculation(
+    labeler: Labeler, atoms: Atoms, workdir: Path, timeout: float | None, isolate: bool
+) -> list[Calculation]:
+    """``labeler.calculate`` in this process, or in a child process that is killed after ``timeout`` seconds."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not isolate:
+        return labeler.calculate(atoms, workdir)
+    ctx = multiprocessing.get_context("forkserver")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_calculate, args=(labeler, atoms, workdir, sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            child.kill()
+            child.join(10)
+            raise LabelerError("timeout", f"stopped after {timeout:g} s")
+        try:
+            message = receiver.recv()
+        except EOFError:  # the child died without a word: crashed or killed
+            child.join(10)
+            raise LabelerError(
+                "crashed", f"the calculation process died (exit code {child.exitcode})"
+            ) from None
+    finally:
+        receiver.close()
+    child.join(10)
+    if message[0] == "ok":
+        return message[1]
+    raise LabelerError(message[1], message[2])
+
+
+def _child_calculate(labeler: Labeler, atoms: Atoms, workdir: Path, sender: Any) -> None:
+    try:
+        sender.send(("ok", labeler.calculate(atoms, workdir)))
+    except LabelerError as exc:
+        sender.send(("error", exc.kind, exc.message))
+    except Exception as exc:
+        sender.send(("error", "crashed", f"{type(exc).__name__}: {_first_line(exc)}"))
+    finally:
+        sender.close()
+
+
+def label_structure(
+    labeler: Labeler,
+    atoms: Atoms,
+    aloe_id: str,
+    workdir: Path,
+    settings: LabelSettings,
+    isolated: dict[str, float] | None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Label one structure with retries; returns ``{"status", "records", "failure", "attempts", "seconds"}``.
+
+    ``status`` is ``ok`` (records), ``written`` (inputs written, nothing run: VASP ``mode: write``) or ``failed``.
+    """
+    t0 = time.perf_counter()
+    attempts: list[dict[str, Any]] = []
+    reason = labeler.supports(atoms)
+    if reason:
+        failure = {"kind": "unsupported", "message": reason}
+        return {"status": "failed", "records": [], "failure": failure, "attempts": [], "seconds": 0.0}
+    pending = {kind: list(steps) for kind, steps in settings.retry.items()}
+    prefix = f"{settings.labeler}."
+    overrides: dict[str, Any] = {}
+    current = labeler
+    while True:
+        t_attempt = time.perf_counter()
+        attempt_dir = workdir / f"attempt-{len(attempts)}" if attempts else workdir
+        try:
+            calcs = run_calculation(current, atoms, attempt_dir, settings.timeout, settings.isolate)
+            for calc in calcs:
+                check_physical(calc, settings.max_force, settings.max_energy_per_atom)
+        except LabelerError as exc:
+            attempts.append(
+                {
+                    "kind": exc.kind,
+                    "message": exc.message,
+                    "seconds": round(time.perf_counter() - t_attempt, 3),
+                    "overrides": dict(overrides),
+                }
+            )
+            steps = pending.get(exc.kind) or []
+            if not steps:
+                failure = {"kind": exc.kind, "message": exc.message}
+                return {
+                    "status": "failed",
+                    "records": [],
+                    "failure": failure,
+                    "attempts": attempts,
+                    "seconds": time.perf_counter() - t0,
+                }
+            step = steps.pop(0)
+            overrides.update({k.removeprefix(prefix): v for k, v in step.items() if k.startswith(prefix)})
+            current = labeler.with_overrides(overrides)
+            continue
+        break
+    code_settings = current.label_settings()
+    version = current.code_version()
+    records = [
+        make_record(
+            calc.atoms,
+            calc.energy,
+            calc.forces,
+            calc.stress,
+            functional=current.functional,
+            code=current.code,
+            code_version=version,
+            settings=code_settings,
+            aloe_id=aloe_id,
+            step=calc.step,
+            magmoms=calc.magmoms,
+            isolated_atom_energies=isolated,
+            extra_provenance={**(provenance or {}), "attempts": len(attempts) + 1, **calc.info},
+        )
+        for calc in calcs
+    ]
+    return {
+        "status": "ok" if records else "written",
+        "records": records,
+        "failure": None,
+        "attempts": attempts,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _label_task(task: dict[str, Any]) -> dict[str, Any]:
+    settings = LabelSettings.model_validate_json(task["settings"])
+    labeler = load_labeler(settings)
+    workdir = Path(task["workdir"])
+    if workdir.exists():  # leftovers of a killed attempt
+        shutil.rmtree(workdir)
+    provenance = {"aloe_input": {"chunk": task["chunk"], "row": task["row"]}}
+    result = label_structure(
+        labeler, task["atoms"], task["id"], workdir, settings, task["isolated"], provenance
+    )
+    result.update({"id": task["id"], "chunk": task["chunk"], "row": task["row"]})
+    if result["failure"] is not None:
+        result["structure"] = _structure_dict(task["atoms"])
+    keep = settings.keep_workdirs == "all" or (
+        settings.keep_workdirs == "failed" and result["status"] == "failed"
+    )
+    if not keep and workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+    target = Path(task["done"])
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(result))
+    return {
+        "chunk": task["chunk"],
+        "status": result["status"],
+        "kind": (result["failure"] or {}).get("kind"),
+        "records": len(result["records"]),
+        "seconds": result["seconds"],
+        "retried": len(result["attempts"]),
+    }
+
+
+# ---- isolated atoms -------------------------------------------------------------------------------------------
+def _atom_task(task: dict[str, Any]) -> tuple[str, float | None, str | None]:
+    settings = LabelSettings.model_validate_json(task["settings"])
+    labeler = load_labeler(settings)
+    workdir = Path(task["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        energy = _isolated_energy(labeler, task["symbol"], workdir, settings)
+    except LabelerError as exc:
+        return task["symbol"], None, f"{exc.kind}: {exc.message}"
+    except NotImplementedError as exc:
+        return task["symbol"], None, str(exc)
+    return task["symbol"], energy, None
+
+
+def _isolated_energy(labeler: Labeler, symbol: str, workdir: Path, settings: LabelSettings) -> float:
+    if not settings.isolate:
+        return float(labeler.isolated_atom_energy(symbol, workdir))
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(labeler.isolated_atom_energy, (symbol, workdir))
+        try:
+            return float(result.get(settings.timeout))
+        except multiprocessing.TimeoutError:
+            raise LabelerError(
+                "timeout", f"isolated {symbol} atom stopped after {settings.timeout:g} s"
+            ) from None
+
+
+def isolated_atom_energies(
+    labeler: Labeler, elements: list[str], settings: LabelSettings, run_dir: Path
+) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """Isolated-atom energies for ``elements`` and a description of their source (written to the run folder)."""
+    if settings.isolated_atoms == "none":
+        return None, {"source": "none"}
+    if settings.isolated_atoms == "published":
+        if labeler.code != "vasp":
+            raise AloeError(
+                "isolated_atoms 'published' are VASP energies with MatPES settings; with labeler "
+                f"{labeler.code} use 'compute' (or 'none')"
+            )
+        data = json.loads(PUBLISHED_REFS.read_text())
+        table = data["functionals"].get(labeler.functional, {}).get("isolated_atom", {})
+        return {e: table[e] for e in elements if e in table}, {"source": data["source"]}
+    from aloe.prototypes.builtin import cache_dir
+
+    sid = settings_id(labeler.code, labeler.label_settings())
+    cache_file = cache_dir() / "isolated-atoms" / f"{labeler.code}-{sid}.yaml"
+    cached: dict[str, float] = {}
+    if cache_file.exists():
+        cached = (yaml.safe_load(cache_file.read_text()) or {}).get("energies", {})
+    from ase import Atoms
+
+    # Elements the labeler cannot treat have no isolated-atom energy either (their structures fail 'unsupported').
+    missing = [
+        e for e in elements if e not in cached and labeler.supports(Atoms(e, cell=[10, 10, 10])) is None
+    ]
+    errors: dict[str, str] = {}
+    if missing:
+        tasks = [
+            {
+                "settings": settings.model_copy(update={"output": None}).model_dump_json(),
+                "symbol": e,
+                "workdir": str(run_dir / WORK_DIR / f"atom-{e}"),
+            }
+            for e in missing
+        ]
+        bar = make_bar(enabled=settings.progress, total=len(tasks), desc="isolated atoms", unit="atom")
+        executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
+        for symbol, energy, error in executor.map_unordered(_atom_task, tasks):
+            if energy is None:
+                errors[symbol] = error or "failed"
+            else:
+                cached[symbol] = energy
+                current = (yaml.safe_load(cache_file.read_text()) or {}) if cache_file.exists() else {}
+                merged = {**current.get("energies", {}), symbol: energy}
+                write_yaml_atomic(
+                    cache_file,
+                    {"code": labeler.code, "settings": labeler.label_settings(), "energies": merged},
+                )
+            bar.update(1)
+        bar.close()
+    energies = {e: cached[e] for e in elements if e in cached}
+    info: dict[str, Any] = {"source": f"computed by {labeler.code} (cached in {cache_file})"}
+    if errors:
+        info["failed"] = errors
+    return energies, info
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------
+@dataclass
+class LabelResult:
+    """What a label run did."""
+
+    run_dir: Path
+    counts: dict[str, Any]
+    timings: dict[str, float]
+    summary_path: Path
+
+
+def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
+    """Run the label stage (resumable; see the module docstring)."""
+    if settings.input is None:
+        raise AloeError("label needs an input: a select run folder or a structure file")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    run, settings = open_stage_run(
+        settings, "label", LabelSettings.RUNTIME_KEYS, (RECORDS_DIR, FAILURES_DIR, DONE_DIR, WORK_DIR)
+    )
+    t0 = time.perf_counter()
+    chunks = prepare_inputs(
+        settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe label"
+    )
+    labeler = load_labeler(settings)
+    timings["inputs"] = time.perf_counter() - t0
+
+    # What is left to do: rows without a done file, not in a merged chunk (failed ones again with retry_failed).
+    t0 = time.perf_counter()
+    todo: list[tuple[InputChunk, int, str, Atoms]] = []
+    elements: set[str] = set()
+    for chunk in chunks:
+        rows = read_chunk(chunk.path)
+        finished = _finished_rows(run.path, chunk.name, settings.retry_failed)
+        for r in range(len(rows)):
+            if r in finished:
+                continue
+            atoms = rows.to_atoms(r)
+            atoms.info.clear()
+            todo.append((chunk, r, rows.label(r), atoms))
+            elements.update(atoms.get_chemical_symbols())
+    isolated, isolated_info = isolated_atom_energies(labeler, sorted(elements), settings, run.path)
+    write_yaml_atomic(
+        run.path / ATOMS_FILE,
+        {
+            "labeler": labeler.code,
+            "functional": labeler.functional,
+            "settings": labeler.label_settings(),
+            "energies": isolated or {},
+            **isolated_info,
+        },
+    )
+    timings["isolated_atoms"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
+    tasks = (
+        {
+            "settings": settings_json,
+            "chunk": chunk.name,
+            "row": r,
+            "id": aloe_id,
+            "atoms": atoms,
+            "isolated": isolated,
+            "workdir": str(run.path / WORK_DIR / f"{chunk.name}-{r:06d}"),
+            "done": str(run.path / DONE_DIR / chunk.name / f"{r:06d}.json"),
+        }
+        for chunk, r, aloe_id, atoms in todo
+    )
+    outcome: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    seconds: list[float] = []
+    n_records = retried = 0
+    bar = make_bar(
+        enabled=settings.progress, total=len(todo), desc=f"label ({labeler.code})", unit="structure"
+    )
+    executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
+    for result in executor.map_unordered(_label_task, tasks):
+        outcome[result["status"]] += 1
+        if result["kind"]:
+            kinds[result["kind"]] += 1
+        n_records += result["records"]
+        retried += result["retried"] > 0
+        seconds.append(result["seconds"])
+        bar.update(1)
+        bar.set_postfix(ok=outcome["ok"], failed=outcome["failed"])
+    bar.close()
+    timings["label"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    totals = _merge_chunks(run.path, chunks)
+    timings["merge"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    counts: dict[str, Any] = {
+        "structures": totals["structures"],
+        "labelled": totals["labelled"],
+        "records": totals["records"],
+        "failed": totals["failed"],
+        "failed_by_class": dict(sorted(totals["failed_by_class"].items())),
+        "written_only": totals["written"],
+        "labelled_now": outcome["ok"],
+        "failed_now": outcome["failed"],
+        "failed_now_by_class": dict(sorted(kinds.items())),
+        "needed_retries_now": retried,
+        "resumed": len(todo) < totals["structures"],
+    }
+    if seconds:
+        s = np.asarray(seconds)
+        counts["seconds_per_structure"] = {
+            "mean": round(float(s.mean()), 3),
+            "median": round(float(np.median(s)), 3),
+            "max": round(float(s.max()), 3),
+        }
+    extra = {
+        "labeler": {
+            "code": labeler.code,
+            "functional": labeler.functional,
+            "stand_in": labeler.stand_in,
+            "code_version": labeler.code_version(),
+            "settings": labeler.label_settings(),
+        },
+        "isolated_atoms": {"file": ATOMS_FILE, **isolated_info},
+    }
+    if labeler.stand_in:
+        extra["warning"] = f"{labeler.functional}: these labels are a stand-in, not DFT"
+    summary = run.write_summary(counts, timings, extra=extra, command=command)
+    return LabelResult(run.path, counts, timings, summary)
+
+
+# ---- bookkeeping --------------------------------------------------------------------------------------------
+def _finished_rows(run_dir: Path, chunk: str, retry_failed: bool) -> set[int]:
+    """Rows of ``chunk`` that need no labelling (merged or done; failed ones count unless ``retry_failed``)."""
+    rows: set[int] = set()
+    merged = run_dir / RECORDS_DIR / f"{chunk}.jsonl"
+    if merged.exists():
+        for row, status in _merged_status(run_dir, chunk).items():
+            if status != "failed" or not retry_failed:
+                rows.add(row)
+    for path in (run_dir / DONE_DIR / chunk).glob("*.json"):
+        status = json.loads(path.read_text())["status"]
+        row = int(path.stem)
+        if status == "failed" and retry_failed:
+            rows.discard(row)
+        else:
+            rows.add(row)
+    return rows
+
+
+def _merged_status(run_dir: Path, chunk: str) -> dict[int, str]:
+    status: dict[int, str] = {}
+    for path, state in (
+        (run_dir / RECORDS_DIR / f"{chunk}.jsonl", "ok"),
+        (run_dir / FAILURES_DIR / f"{chunk}.jsonl", "failed"),
+    ):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    doc = json.loads(line)
+                    row = doc["row"] if state == "failed" else doc["provenance"]["aloe_input"]["row"]
+                    status[int(row)] = state
+    return status
+
+
+def _merge_chunks(run_dir: Path, chunks: list[InputChunk]) -> dict[str, Any]:
+    """Fold finished chunks' done files into records/ and failures/; count everything."""
+    totals: dict[str, Any] = {
+        "structures": 0,
+        "labelled": 0,
+        "records": 0,
+        "failed": 0,
+        "written": 0,
+        "failed_by_class": Counter(),
+    }
+    for chunk in chunks:
+        n_rows = len(read_chunk(chunk.path))
+        totals["structures"] += n_rows
+        by_row: dict[int, dict[str, Any]] = {}
+        records_path = run_dir / RECORDS_DIR / f"{chunk.name}.jsonl"
+        failures_path = run_dir / FAILURES_DIR / f"{chunk.name}.jsonl"
+        if records_path.exists():
+            for line in records_path.read_text().splitlines():
+                if line.strip():
+                    doc = json.loads(line)
+                    row = int(doc["provenance"]["aloe_input"]["row"])
+                    by_row.setdefault(row, {"status": "ok", "records": []})["records"].append(doc)
+        if failures_path.exists():
+            for line in failures_path.read_text().splitlines():
+                if line.strip():
+                    doc = json.loads(line)
+                    by_row[int(doc["row"])] = {"status": "failed", "failure_doc": doc}
+        done_dir = run_dir / DONE_DIR / chunk.name
+        done_files = sorted(done_dir.glob("*.json")) if done_dir.exists() else []
+        for path in done_files:
+            result = json.loads(path.read_text())
+            by_row[int(result["row"])] = result
+        complete = len(by_row) == n_rows
+        if done_files and complete:
+            _write_merged(records_path, failures_path, by_row)
+            shutil.rmtree(done_dir, ignore_errors=True)
+        for result in by_row.values():
+            if result["status"] == "ok":
+                totals["labelled"] += 1
+                totals["records"] += len(result["records"])
+            elif result["status"] == "written":
+                totals["written"] += 1
+            else:
+                totals["failed"] += 1
+                kind = (result.get("failure") or result.get("failure_doc") or {}).get("kind", "unknown")
+                totals["failed_by_class"][kind] += 1
+    return totals
+
+
+def _write_merged(records_path: Path, failures_path: Path, by_row: dict[int, dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    record_lines: list[str] = []
+    failure_lines: list[str] = []
+    for row in sorted(by_row):
+        result = by_row[row]
+        if result["status"] == "ok":
+            for doc in result["records"]:
+                if doc["aloe_record_id"] in seen:  # the same structure twice in the input: one record
+                    continue
+                seen.add(doc["aloe_record_id"])
+                record_lines.append(json.dumps(doc))
+        elif result["status"] == "failed":
+            doc = result.get("failure_doc") or {
+                "id": result["id"],
+                "chunk": result["chunk"],
+                "row": result["row"],
+                "kind": result["failure"]["kind"],
+                "message": result["failure"]["message"],
+                "attempts": result["attempts"],
+                "structure": result.get("structure"),
+            }
+            failure_lines.append(json.dumps(doc))
+    with atomic_path(failures_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in failure_lines))
+    # records last: its presence marks the chunk as merged
+    with atomic_path(records_path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in record_lines))
+
+
+def _structure_dict(atoms: Atoms) -> dict[str, Any]:
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    plain = atoms.copy()
+    plain.calc = None
+    return AseAtomsAdaptor.get_structure(plain).as_dict()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:300]
+
+
+def iter_records(run_dir: str | Path):
+    """Every record of a label run, chunk by chunk (one chunk in memory at a time)."""
+    folder = Path(run_dir) / RECORDS_DIR
+    for path in sorted(folder.glob("chunk-*.jsonl")):
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
