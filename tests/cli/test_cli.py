@@ -16,12 +16,8 @@ def test_help_lists_only_built_verbs():
     import typer.main
 
     commands = set(typer.main.get_command(app).commands)
-    assert commands == {
-        "generate",
-        "prototypes",
-        "screen",
-        "select",
-    }  # verbs not built yet are absent, not stubs
+    # verbs not built yet are absent, not stubs
+    assert commands == {"generate", "label", "prototypes", "screen", "select"}
 
 
 def test_count_prints_exact_sizes(proto_dir):
