@@ -257,3 +257,14 @@ def test_smallest_and_random_criteria():
     assert np.array_equal(a.selected, b.selected)
     assert not np.array_equal(a.selected, c.selected)
     assert len(a.selected) == sum(min(s, 5) for s in a.cluster_sizes)
+
+
+def test_labelling_budget_keeps_round_robin_picks():
+    x = clustered(2000, 16, 5, 30, 0.3, seed=14)
+    full = direct_select(x)
+    capped = direct_select(x, DirectSettings(max_selected=40))
+    assert len(capped.selected) == 40
+    assert set(capped.selected) <= set(full.selected)
+    # one pick per cluster before any cluster gives a second one: the 40 come from 40 different clusters
+    assert len(set(capped.labels[capped.selected])) == min(40, full.n_clusters)
+    assert np.array_equal(direct_select(x, DirectSettings(max_selected=10_000)).selected, full.selected)

@@ -182,6 +182,9 @@ def direct_select(
         labels_u, distance_u, len(centers), settings, n_atoms[usable] if n_atoms is not None else None, rng
     )
 
+    if settings.max_selected is not None and len(picked) > settings.max_selected:
+        picked = _budget(picked, labels_u, rank_u, len(centers), settings.max_selected)
+        notes.append(f"labelling budget: kept {settings.max_selected} of the picks")
     labels = np.full(n, -1, dtype=np.int64)
     labels[usable] = labels_u
     distance = np.full(n, np.nan)
@@ -371,6 +374,24 @@ def _pick(
         rand_rank[order_rand] = np.arange(len(labels)) - np.repeat(starts, sizes)
         picked = np.flatnonzero(rand_rank < k)
     return np.unique(picked), rank
+
+
+def _budget(
+    picked: np.ndarray, labels: np.ndarray, rank: np.ndarray, n_clusters: int, limit: int
+) -> np.ndarray:
+    """The first ``limit`` picks in round-robin order.
+
+    Every cluster's closest pick first, then every cluster's next one, and so on; larger clusters first in a round.
+    """
+    sizes = np.bincount(labels, minlength=n_clusters)
+    lab = labels[picked]
+    order = np.lexsort((rank[picked], lab))  # by cluster, then distance rank
+    picked, lab = picked[order], lab[order]
+    first = np.concatenate([[0], np.flatnonzero(np.diff(lab)) + 1])
+    counts = np.diff(np.concatenate([first, [len(lab)]]))
+    round_ = np.arange(len(lab)) - np.repeat(first, counts)
+    keep = np.lexsort((lab, -sizes[lab], round_))[:limit]
+    return np.sort(picked[keep])
 
 
 def linspace_ranks(sizes: np.ndarray, k: int) -> np.ndarray:

@@ -61,6 +61,12 @@ class DirectSettings(AloeSettings):
         "structures, or stop. Structures whose features are ALL non-finite (encoder failed) are always left out.",
     )
     seed: int = Field(0, description="Seed of criterion 'random'.")
+    max_selected: int | None = Field(
+        None,
+        ge=1,
+        description="Keep at most this many (a labelling budget): the picks closest to each centre first, larger "
+        "clusters first; None keeps every pick (MP-ALOE).",
+    )
 
     @model_validator(mode="after")
     def _fixed_needs_count(self) -> DirectSettings:
