@@ -148,7 +148,7 @@ def test_scf_failure_is_retried_with_the_configured_overrides(structures, tmp_pa
     use_labeler(monkeypatch, helpers.FlakyEMT)
     retry = {"scf_unconverged": [{"emt.relax_steps": 1}]}
     result = label(settings_for(path, tmp_path / "run", retry=retry))
-    assert result.counts["labelled"] == 4 and result.counts["needed_retries_now"] == 4
+    assert result.counts["labelled"] == 4 and result.counts["succeeded_after_retry_now"] == 4
     record = next(iter_records(result.run_dir))
     assert record["calc"]["settings"] == {"relax_steps": 1}
     assert record["provenance"]["attempts"] == 2

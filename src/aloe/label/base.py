@@ -85,6 +85,9 @@ class Labeler:
         Short code name (``gpaw``, ``vasp``, ``emt``) recorded in every record.
     stand_in
         True for models that are not DFT (EMT): every output says so.
+    handles_timeout
+        True when the backend stops its own external processes at the time limit (the stage then only waits a
+        little longer before it kills the calculation process).
     settings
         The backend's settings model (pydantic; what fixes the numbers, plus how to run).
     RUNTIME_KEYS
@@ -93,6 +96,8 @@ class Labeler:
 
     code: str = "labeler"
     stand_in: bool = False
+    #: True when the backend enforces the time limit itself (external codes that must stop their own processes).
+    handles_timeout: bool = False
     RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, settings: AloeSettings) -> None:

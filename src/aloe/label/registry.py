@@ -29,5 +29,6 @@ def load_labeler(settings: LabelSettings) -> Labeler:
     if name == "vasp":
         from aloe.label.vasp import VASPLabeler
 
-        return VASPLabeler(settings.vasp)
+        # VASP stops its own process group at the limit (a killed Python parent would leave VASP running).
+        return VASPLabeler(settings.vasp, timeout=settings.timeout)
     raise AloeError(f"unknown labeler {name!r}: use one of {', '.join(LABELERS)}")

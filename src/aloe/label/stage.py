@@ -96,6 +96,15 @@ def _child_calculate(labeler: Labeler, atoms: Atoms, workdir: Path, sender: Any)
         sender.close()
 
 
+def _kill_after(labeler: Labeler, settings: LabelSettings) -> float | None:
+    """How long the stage waits before it kills a calculation process."""
+    if settings.timeout is None:
+        return None
+    if labeler.handles_timeout:  # the backend stops its own processes; give it time to do so and report
+        return settings.timeout * 1.1 + 30.0
+    return settings.timeout
+
+
 def label_structure(
     labeler: Labeler,
     atoms: Atoms,
@@ -115,15 +124,28 @@ def label_structure(
     if reason:
         failure = {"kind": "unsupported", "message": reason}
         return {"status": "failed", "records": [], "failure": failure, "attempts": [], "seconds": 0.0}
-    pending = {kind: list(steps) for kind, steps in settings.retry.items()}
+    # Per failure class, the overrides of this backend for each further attempt; steps that would not change its
+    # settings are dropped (another identical attempt cannot help; VASP corrects itself inside custodian).
     prefix = f"{settings.labeler}."
+    pending = {
+        kind: [
+            o
+            for o in (
+                {k.removeprefix(prefix): v for k, v in st.items() if k.startswith(prefix)} for st in steps
+            )
+            if o
+        ]
+        for kind, steps in settings.retry.items()
+    }
     overrides: dict[str, Any] = {}
     current = labeler
     while True:
         t_attempt = time.perf_counter()
         attempt_dir = workdir / f"attempt-{len(attempts)}" if attempts else workdir
         try:
-            calcs = run_calculation(current, atoms, attempt_dir, settings.timeout, settings.isolate)
+            calcs = run_calculation(
+                current, atoms, attempt_dir, _kill_after(current, settings), settings.isolate
+            )
             for calc in calcs:
                 check_physical(calc, settings.max_force, settings.max_energy_per_atom)
         except LabelerError as exc:
@@ -145,8 +167,7 @@ def label_structure(
                     "attempts": attempts,
                     "seconds": time.perf_counter() - t0,
                 }
-            step = steps.pop(0)
-            overrides.update({k.removeprefix(prefix): v for k, v in step.items() if k.startswith(prefix)})
+            overrides.update(steps.pop(0))
             current = labeler.with_overrides(overrides)
             continue
         break
@@ -192,8 +213,11 @@ def _label_task(task: dict[str, Any]) -> dict[str, Any]:
     result.update({"id": task["id"], "chunk": task["chunk"], "row": task["row"]})
     if result["failure"] is not None:
         result["structure"] = _structure_dict(task["atoms"])
-    keep = settings.keep_workdirs == "all" or (
-        settings.keep_workdirs == "failed" and result["status"] == "failed"
+    # Written-only inputs (VASP mode 'write') are the product: always kept.
+    keep = (
+        settings.keep_workdirs == "all"
+        or result["status"] == "written"
+        or (settings.keep_workdirs == "failed" and result["status"] == "failed")
     )
     if not keep and workdir.exists():
         shutil.rmtree(workdir, ignore_errors=True)
@@ -206,7 +230,7 @@ def _label_task(task: dict[str, Any]) -> dict[str, Any]:
         "kind": (result["failure"] or {}).get("kind"),
         "records": len(result["records"]),
         "seconds": result["seconds"],
-        "retried": len(result["attempts"]),
+        "retried": int(result["status"] == "ok" and bool(result["attempts"])),
     }
 
 
@@ -381,7 +405,7 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
         if result["kind"]:
             kinds[result["kind"]] += 1
         n_records += result["records"]
-        retried += result["retried"] > 0
+        retried += result["retried"]
         seconds.append(result["seconds"])
         bar.update(1)
         bar.set_postfix(ok=outcome["ok"], failed=outcome["failed"])
@@ -402,7 +426,7 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
         "labelled_now": outcome["ok"],
         "failed_now": outcome["failed"],
         "failed_now_by_class": dict(sorted(kinds.items())),
-        "needed_retries_now": retried,
+        "succeeded_after_retry_now": retried,
         "resumed": len(todo) < totals["structures"],
     }
     if seconds:
