@@ -65,16 +65,21 @@ class VASPSettings(AloeSettings):
         "all", description="Records from every ionic step of the r2SCAN stage, or only the last."
     )
     user_incar_settings: dict[str, Any] = Field(
-        default_factory=dict, description="INCAR tags set on top of MP24RelaxSet (both stages)."
+        default_factory=dict,
+        description="INCAR tags set on top of the MP24RelaxSet inputs of both stages (they win over aloe's "
+        "stage tags NSW, IBRION, LWAVE, ISTART, ICHARG, KSPACING).",
     )
     potcar_functional: str | None = Field(None, description="POTCAR set (None: the input set's default).")
     use_custodian: bool = Field(True, description="Run through custodian's VASP error handlers.")
+    max_errors: int = Field(
+        5, ge=1, description="custodian: corrections allowed per VASP run before giving up (then: crashed)."
+    )
     mode: Literal["run", "write"] = Field(
         "run",
         description="'write': only write the input folders (to run elsewhere); 'run': write, launch, parse.",
     )
 
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"command", "use_custodian", "mode"})
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"command", "use_custodian", "max_errors", "mode"})
 
 
 #: Default retry overrides per failure class (applied in order; each entry is one more attempt).
