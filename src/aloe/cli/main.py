@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from aloe import __version__
+from aloe.cli import data as data_cli
 from aloe.cli import generate as generate_cli
 from aloe.cli import label as label_cli
 from aloe.cli import prototypes as prototypes_cli
+from aloe.cli import run as run_cli
 from aloe.cli import screen as screen_cli
 from aloe.cli import select as select_cli
 
@@ -19,10 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(prototypes_cli.app, name="prototypes")
+app.add_typer(data_cli.app, name="data")
 app.command("generate", help=generate_cli.HELP)(generate_cli.generate_command)
 app.command("screen", help=screen_cli.HELP)(screen_cli.screen_command)
 app.command("select", help=select_cli.HELP)(select_cli.select_command)
 app.command("label", help=label_cli.HELP)(label_cli.label_command)
+app.command("run", help=run_cli.HELP)(run_cli.run_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,68 @@
+"""``aloe run CONFIG.yaml``: the active-learning loop, the main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aloe.cli.options import (
+    OutputOption,
+    ProgressOption,
+    SetOption,
+    announce_run_folder,
+    parse_sets,
+    user_errors,
+)
+
+HELP = (
+    "Run the active-learning loop of a config (sections run, generate, screen, select, label, train): iteration "
+    "after iteration generate -> screen -> select -> label -> train. Run it again on the same folder to resume."
+)
+
+
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Loop config (YAML), e.g. examples/quickstart.yaml.")],
+    iterations: Annotated[int | None, typer.Option(help="Iterations (overrides run.iterations).")] = None,
+    output: OutputOption = None,
+    set_: SetOption = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Run the active-learning loop."""
+    with user_errors():
+        from aloe.loop.loop import load_run_config, run_loop
+        from aloe.runs import default_run_dir
+
+        overrides = parse_sets(
+            set_,
+            {
+                "run.iterations": iterations,
+                "run.output": str(output) if output else None,
+                "run.progress": progress,
+            },
+        )
+        config_model = load_run_config(config, overrides)
+        if config_model.run.output is None:
+            run = config_model.run.model_copy(update={"output": default_run_dir("run")})
+            config_model = config_model.model_copy(update={"run": run})
+        announce_run_folder(config_model.run.output)
+        result = run_loop(config_model)
+        typer.echo(f"{result.stopped}")
+        for record in result.iterations:
+            scr = record.get("screen", {}).get("counts", {})
+            lab = record.get("label", {}).get("counts", {})
+            typer.echo(
+                f"iteration {record['iteration']}: screened {scr.get('structures', 0)}, selection rate "
+                f"{scr.get('selection_rate', 0):.1%}, labelled {lab.get('labelled', 0)} "
+                f"({lab.get('failed', 0)} failed)"
+            )
+        if result.report_path is not None:
+            typer.echo(f"report: {result.report_path}")
+            html = result.report_path.with_suffix(".html")
+            if html.exists():
+                typer.echo(f"report (HTML): {html}")
+        typer.echo(f"summary: {result.summary_path}")
+
+
+__all__ = ["HELP", "run_command"]

@@ -1,0 +1,1 @@
+"""The active-learning loop (``aloe run``): generate -> screen -> select -> label -> train, iteration after iteration."""

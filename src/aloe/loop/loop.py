@@ -1,0 +1,324 @@
+"""``aloe run``: the active-learning loop, iteration after iteration, every stage resumable.
+
+Run folder layout::
+
+    config.yaml                   the config the loop was started with (a resumed run must use the same one)
+    state.yaml                    which stage of which iteration has finished, with its summary file
+    iter-00/generate ... iter-00/train    each stage's own run folder
+    iter-00/report.md, report.html        the iteration's report (counts, selection rate, failures, errors, times)
+    report.md, report.html, summary.yaml  the whole run
+
+Iteration ``i``: generate (seed ``run.seed + i``) -> screen with the current committee -> select -> label -> train a
+committee on every record so far (seed dataset included). The committee of iteration 0 is ``run.committee`` (the
+offline CHGNet trio by default) or, with ``run.train_first``, one trained on the seed dataset; iteration ``i + 1``
+uses iteration ``i``'s. A stage that finished is not run again; a stage that was killed is run again on its own folder
+and resumes there, so a killed loop ends with the same dataset as one that was never killed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aloe.errors import AloeError
+from aloe.loop.settings import STAGES, LoopSettings, RunConfig
+from aloe.runs import atomic_path, default_run_dir, package_versions, write_yaml_atomic
+
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.yaml"
+
+
+@dataclass
+class LoopResult:
+    """What a loop run did."""
+
+    run_dir: Path
+    iterations: list[dict[str, Any]]
+    stopped: str
+    summary_path: Path
+    report_path: Path | None
+
+
+class LoopRun:
+    """One loop run folder: its config, its state, and the stage runs of every iteration."""
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        self.config = config
+        self.settings: LoopSettings = config.run
+        self.path = run_dir
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        self.state: dict[str, Any] = self._load_state()
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        data = self.config.model_dump(mode="json")
+        for volatile in ("output", "progress", "report"):
+            data["run"].pop(volatile, None)
+        path = self.path / CONFIG_FILE
+        if path.exists():
+            old = yaml.safe_load(path.read_text()) or {}
+            if old != data:
+                changed = sorted(k for k in set(old) | set(data) if old.get(k) != data.get(k))
+                raise AloeError(
+                    f"{self.path}: this loop was started with another config (sections differ: "
+                    f"{', '.join(changed)}); use a new output folder"
+                )
+        else:
+            write_yaml_atomic(path, data)
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.path / STATE_FILE
+        return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {"iterations": {}}
+
+    def _mark(self, it: int, stage: str, info: dict[str, Any]) -> None:
+        self.state.setdefault("iterations", {}).setdefault(it, {})[stage] = info
+        write_yaml_atomic(self.path / STATE_FILE, self.state)
+
+    def done(self, it: int, stage: str) -> dict[str, Any] | None:
+        """The recorded outcome of a finished stage, or ``None``."""
+        return (self.state.get("iterations", {}).get(it) or {}).get(stage)
+
+    def stage_dir(self, it: int, stage: str) -> Path:
+        """Run folder of ``stage`` in iteration ``it``."""
+        return self.path / f"iter-{it:02d}" / stage
+
+    # ---- stages -----------------------------------------------------------------------------------------
+    def _stage_settings(self, stage: str, it: int, **fixed: Any) -> Any:
+        from aloe.settings import format_validation_error
+
+        model = _settings_model(stage)
+        data = dict(getattr(self.config, stage))
+        data.update({k: v for k, v in fixed.items() if v is not None})
+        data["output"] = str(self.stage_dir(it, stage))
+        if self.settings.progress is not None and "progress" in model.model_fields:
+            data["progress"] = self.settings.progress
+        try:
+            return model.model_validate(data)
+        except Exception as exc:
+            from pydantic import ValidationError
+
+            if isinstance(exc, ValidationError):
+                raise AloeError(format_validation_error(exc, f"config section '{stage}'")) from None
+            raise
+
+    def run_stage(self, it: int, stage: str, settings: Any) -> dict[str, Any]:
+        """Run (or resume) one stage unless it finished before; returns its recorded outcome."""
+        info = self.done(it, stage)
+        if info is not None:
+            return info
+        t0 = time.perf_counter()
+        result = _stage_function(stage)(settings, command=f"aloe run (iteration {it}, {stage})")
+        info = {
+            "folder": str(self.stage_dir(it, stage).relative_to(self.path)),
+            "summary": str(Path(result.summary_path).relative_to(self.path)),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "counts": _plain(result.counts),
+        }
+        self._mark(it, stage, info)
+        return info
+
+    def committee_for(self, it: int) -> list[str]:
+        """Iteration ``it``'s committee: the first one, or the models trained in iteration ``it - 1``."""
+        if it == 0:
+            if self.settings.train_first:
+                return self._models(self.path / "iter-seed" / "train")
+            return list(self.settings.committee)
+        return self._models(self.stage_dir(it - 1, "train"))
+
+    @staticmethod
+    def _models(train_dir: Path) -> list[str]:
+        models = sorted((train_dir / "models").glob("*.model"))
+        if not models:
+            raise AloeError(f"{train_dir}: no trained models to use as the committee")
+        return [str(m) for m in models]
+
+    def dataset(self, it: int) -> list[str]:
+        """Labelled data for training after iteration ``it``: the seed dataset plus every label run so far."""
+        runs = [str(p) for p in self.settings.seed_dataset]
+        for j in range(it + 1):
+            folder = self.stage_dir(j, "label")
+            if (folder / "records").is_dir():
+                runs.append(str(folder))
+        return runs
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        """Run every iteration (resuming finished stages); write reports and the run summary."""
+        s = self.settings
+        t_start = time.perf_counter()
+        stopped = f"finished {s.iterations} iterations"
+        if s.train_first:
+            if not s.seed_dataset:
+                raise AloeError(
+                    "run.train_first needs run.seed_dataset (labelled data to train the first committee)"
+                )
+            seed_train = self.path / "iter-seed" / "train"
+            if not list((seed_train / "models").glob("*.model")):
+                from aloe.train.settings import TrainSettings
+                from aloe.train.stage import train
+
+                data = dict(self.config.train)
+                data.update(
+                    {"inputs": [str(p) for p in s.seed_dataset], "seed": s.seed, "output": str(seed_train)}
+                )
+                train(TrainSettings.model_validate(data), command="aloe run (seed committee)")
+        iterations: list[dict[str, Any]] = []
+        for it in range(s.iterations):
+            record: dict[str, Any] = {"iteration": it}
+            gen = self.run_stage(it, "generate", self._stage_settings("generate", it, seed=s.seed + it))
+            record["generate"] = gen
+            committee = self.committee_for(it)
+            scr = self.run_stage(
+                it,
+                "screen",
+                self._stage_settings(
+                    "screen", it, input=str(self.stage_dir(it, "generate")), committee=committee
+                ),
+            )
+            record["screen"] = scr
+            rate = float(scr["counts"].get("selection_rate", 0.0))
+            n_selected = int(scr["counts"].get("outcomes", {}).get("selected", 0))
+            if n_selected == 0:
+                stopped = f"iteration {it}: the committee selected no structure"
+                iterations.append(record)
+                self._report(it, record)
+                break
+            select_fixed: dict[str, Any] = {"input": str(self.stage_dir(it, "screen"))}
+            sel_settings = self._stage_settings("select", it, **select_fixed)
+            if s.max_label is not None:
+                direct = sel_settings.direct.model_copy(update={"max_selected": s.max_label})
+                sel_settings = sel_settings.model_copy(update={"direct": direct})
+            record["select"] = self.run_stage(it, "select", sel_settings)
+            record["label"] = self.run_stage(
+                it, "label", self._stage_settings("label", it, input=str(self.stage_dir(it, "select")))
+            )
+            inputs = self.dataset(it)
+            record["train"] = self.run_stage(
+                it, "train", self._stage_settings("train", it, inputs=inputs, seed=s.seed + it)
+            )
+            record["dataset_runs"] = inputs
+            iterations.append(record)
+            self._report(it, record)
+            if rate < s.min_selection_rate:
+                stopped = f"iteration {it}: selection rate {rate:.2%} < {s.min_selection_rate:.2%}"
+                break
+        summary = {
+            "verb": "run",
+            "run_folder": str(self.path),
+            "stopped": stopped,
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "iterations": [_iteration_summary(r) for r in iterations],
+            "final_committee": self._final_committee(iterations),
+            "versions": package_versions(),
+        }
+        summary_path = self.path / "summary.yaml"
+        write_yaml_atomic(summary_path, _plain(summary))
+        report = None
+        if s.report != "none":
+            from aloe.loop.report import write_run_report
+
+            report = write_run_report(self, iterations, summary, html=s.report == "markdown+html")
+        return LoopResult(self.path, iterations, stopped, summary_path, report)
+
+    def _final_committee(self, iterations: list[dict[str, Any]]) -> list[str]:
+        for record in reversed(iterations):
+            if "train" in record:
+                folder = self.path / record["train"]["folder"] / "models"
+                return [str(p) for p in sorted(folder.glob("*.model"))]
+        return []
+
+    def _report(self, it: int, record: dict[str, Any]) -> None:
+        if self.settings.report == "none":
+            return
+        from aloe.loop.report import write_iteration_report
+
+        write_iteration_report(self, it, record, html=self.settings.report == "markdown+html")
+
+
+def run_loop(config: RunConfig) -> LoopResult:
+    """Run the loop of ``config`` in ``config.run.output`` (or a new ``runs/run-<time>``)."""
+    output = config.run.output or default_run_dir("run")
+    return LoopRun(config, Path(output)).run()
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a loop config (YAML with sections run, generate, screen, select, label, train)."""
+    from aloe.settings import build_settings
+
+    return build_settings(RunConfig, path, overrides)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+def _settings_model(stage: str) -> type:
+    if stage == "generate":
+        from aloe.generate.settings import GenerateSettings
+
+        return GenerateSettings
+    if stage == "screen":
+        from aloe.screen.settings import ScreenSettings
+
+        return ScreenSettings
+    if stage == "select":
+        from aloe.select.settings import SelectSettings
+
+        return SelectSettings
+    if stage == "label":
+        from aloe.label.settings import LabelSettings
+
+        return LabelSettings
+    from aloe.train.settings import TrainSettings
+
+    return TrainSettings
+
+
+def _stage_function(stage: str):
+    if stage == "generate":
+        from aloe.generate.stage import generate
+
+        return generate
+    if stage == "screen":
+        from aloe.screen.stage import screen
+
+        return screen
+    if stage == "select":
+        from aloe.select.stage import select
+
+        return select
+    if stage == "label":
+        from aloe.label.stage import label
+
+        return label
+    from aloe.train.stage import train
+
+    return train
+
+
+def _iteration_summary(record: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"iteration": record["iteration"]}
+    for stage in STAGES:
+        if stage in record:
+            out[stage] = {"seconds": record[stage]["seconds"], "counts": record[stage]["counts"]}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Counts as plain YAML types (tuples, numpy numbers and paths become lists, floats and strings)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+__all__ = ["LoopResult", "LoopRun", "atomic_path", "load_run_config", "run_loop"]

@@ -1,0 +1,58 @@
+"""Settings of ``aloe run``: the active-learning loop (section ``run`` of the config) plus one section per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from aloe.settings import AloeSettings
+
+#: Stages of one iteration, in order.
+STAGES = ("generate", "screen", "select", "label", "train")
+
+
+class LoopSettings(AloeSettings):
+    """The loop: iterations, the first committee, stopping rules."""
+
+    iterations: int = Field(
+        2, ge=1, description="Iterations (generate -> screen -> select -> label -> train)."
+    )
+    committee: list[str] = Field(
+        default_factory=lambda: ["chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan"],
+        description="Committee of iteration 0 (later iterations use the committee trained in the previous one).",
+    )
+    seed_dataset: list[Path] = Field(
+        default_factory=list,
+        description="Labelled data to start from (label run folders or record files): part of every training set.",
+    )
+    train_first: bool = Field(
+        False,
+        description="Train the iteration-0 committee on seed_dataset instead of using 'committee'.",
+    )
+    seed: int = Field(0, ge=0, description="Generate seed of iteration 0; iteration i uses seed + i.")
+    min_selection_rate: float = Field(
+        0.0, ge=0, le=1, description="Stop when the screen's selection rate falls below this."
+    )
+    max_label: int | None = Field(
+        None,
+        ge=1,
+        description="Label at most this many structures per iteration (DIRECT's picks in pick order).",
+    )
+    output: Path | None = Field(None, description="Run folder; default runs/run-<timestamp>.")
+    progress: bool | None = Field(None, description="Progress bars (default: on a terminal).")
+    report: Literal["markdown+html", "markdown", "none"] = Field(
+        "markdown+html", description="Per-iteration report format."
+    )
+
+
+class RunConfig(AloeSettings):
+    """A whole ``aloe run`` config: the loop plus the settings of every stage (validated by each stage)."""
+
+    run: LoopSettings = Field(default_factory=LoopSettings, description="The loop.")
+    generate: dict[str, Any] = Field(default_factory=dict, description="GenerateSettings of every iteration.")
+    screen: dict[str, Any] = Field(default_factory=dict, description="ScreenSettings of every iteration.")
+    select: dict[str, Any] = Field(default_factory=dict, description="SelectSettings of every iteration.")
+    label: dict[str, Any] = Field(default_factory=dict, description="LabelSettings of every iteration.")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainSettings of every iteration.")
