@@ -17,7 +17,7 @@ def test_help_lists_only_built_verbs():
 
     commands = set(typer.main.get_command(app).commands)
     # verbs not built yet are absent, not stubs
-    assert commands == {"data", "generate", "label", "prototypes", "run", "screen", "select"}
+    assert commands == {"data", "generate", "label", "prototypes", "run", "screen", "select", "train"}
 
 
 def test_count_prints_exact_sizes(proto_dir):

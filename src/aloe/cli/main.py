@@ -12,6 +12,7 @@ from aloe.cli import prototypes as prototypes_cli
 from aloe.cli import run as run_cli
 from aloe.cli import screen as screen_cli
 from aloe.cli import select as select_cli
+from aloe.cli import train as train_cli
 
 app = typer.Typer(
     name="aloe",
@@ -26,6 +27,7 @@ app.command("generate", help=generate_cli.HELP)(generate_cli.generate_command)
 app.command("screen", help=screen_cli.HELP)(screen_cli.screen_command)
 app.command("select", help=select_cli.HELP)(select_cli.select_command)
 app.command("label", help=label_cli.HELP)(label_cli.label_command)
+app.command("train", help=train_cli.HELP)(train_cli.train_command)
 app.command("run", help=run_cli.HELP)(run_cli.run_command)
 
 

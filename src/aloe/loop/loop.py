@@ -106,6 +106,18 @@ class LoopRun:
                 raise AloeError(format_validation_error(exc, f"config section '{stage}'")) from None
             raise
 
+    def validate_sections(self) -> None:
+        """Validate every stage section before anything runs (a typo must not surface after an hour of DFT)."""
+        placeholders = {
+            "generate": {},
+            "screen": {"input": ".", "committee": ["placeholder"]},
+            "select": {"input": "."},
+            "label": {"input": "."},
+            "train": {"inputs": ["."]},
+        }
+        for stage in STAGES:
+            self._stage_settings(stage, 0, **placeholders[stage])
+
     def run_stage(self, it: int, stage: str, settings: Any) -> dict[str, Any]:
         """Run (or resume) one stage unless it finished before; returns its recorded outcome."""
         info = self.done(it, stage)
@@ -152,6 +164,7 @@ class LoopRun:
         s = self.settings
         t_start = time.perf_counter()
         stopped = f"finished {s.iterations} iterations"
+        self.validate_sections()
         if s.train_first:
             if not s.seed_dataset:
                 raise AloeError(

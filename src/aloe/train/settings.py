@@ -1,0 +1,227 @@
+"""Settings of the train stage (a committee of MACE models trained with mace-torch's own ``run_train``).
+
+A preset is a set of mace-torch ``run_train`` options (the names of its command-line flags, without ``--``):
+
+``mp0a-large``
+    The MACE-MP-0a "large" settings of ``shared/DESIGN.md`` (r_max 6.0, 128 channels, max_L 2, correlation 3,
+    2 interactions, 10 radial basis functions, energy/forces/stress weights 1/10/100, lr 0.005, batch 16, EMA
+    0.995, amsgrad), completed with the remaining flags of the published MACE-MP-0 training script for this
+    model (ACEsuit/mace-mp, ``mace_mp_0/2024-01-07-mace-128-L2.sh``): ScaleShiftMACE with residual interaction
+    blocks, max_ell 3, MLP_irreps 16x0e, rms_forces_scaling, universal loss, weight decay 1e-8, scheduler
+    patience 5, valid batch 32, 200 epochs, patience 50, gradient clipping 100.
+``small``
+    A scaled-down model for a few hundred structures on a few CPU cores (minutes): an invariant model like
+    MACE-MP-0 "small" (max_L 0) with 64 channels, max_ell 2, correlation 3, r_max 5.0, 8 radial basis
+    functions, 60 epochs. (64 channels with max_L 1 train more than twice as slowly on CPU.)
+``tiny``
+    A toy model for tests and demos (well under a minute on 2 CPU cores for ~50 small cells): 16 channels,
+    max_L 0, max_ell 1, correlation 2, r_max 5.0, 6 radial basis functions, 15 epochs.
+
+``mace_options`` override any preset value and add any other ``run_train`` option; the options aloe sets
+itself (file names, keys, E0s, seed, device, epochs, foundation model) are rejected there with the setting to
+use instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from aloe.settings import AloeSettings
+
+#: The settings of the published MACE-MP-0 "large" (128x0e+128x1o+128x2e) training run, as mace-torch options.
+MP0A_LARGE: dict[str, Any] = {
+    "model": "ScaleShiftMACE",
+    "interaction_first": "RealAgnosticResidualInteractionBlock",
+    "interaction": "RealAgnosticResidualInteractionBlock",
+    "num_interactions": 2,
+    "correlation": 3,
+    "max_ell": 3,
+    "r_max": 6.0,
+    "max_L": 2,
+    "num_channels": 128,
+    "num_radial_basis": 10,
+    "MLP_irreps": "16x0e",
+    "scaling": "rms_forces_scaling",
+    "loss": "universal",
+    "energy_weight": 1.0,
+    "forces_weight": 10.0,
+    "stress_weight": 100.0,
+    "compute_stress": True,
+    "lr": 0.005,
+    "weight_decay": 1e-8,
+    "ema": True,
+    "ema_decay": 0.995,
+    "amsgrad": True,
+    "scheduler_patience": 5,
+    "batch_size": 16,
+    "valid_batch_size": 32,
+    "max_num_epochs": 200,
+    "patience": 50,
+    "clip_grad": 100.0,
+}
+
+#: Minutes on a few CPU cores for a few hundred structures; same loss and weights as the large model.
+SMALL: dict[str, Any] = {
+    **MP0A_LARGE,
+    "max_ell": 2,
+    "r_max": 5.0,
+    "max_L": 0,
+    "num_channels": 64,
+    "num_radial_basis": 8,
+    "radial_MLP": "[64, 64]",
+    "lr": 0.01,
+    "ema_decay": 0.99,
+    "batch_size": 8,
+    "valid_batch_size": 16,
+    "max_num_epochs": 60,
+    "patience": 20,
+}
+
+#: Seconds on 2 CPU cores for ~50 small cells: for tests and demos only.
+TINY: dict[str, Any] = {
+    **MP0A_LARGE,
+    "correlation": 2,
+    "max_ell": 1,
+    "r_max": 5.0,
+    "max_L": 0,
+    "num_channels": 16,
+    "num_radial_basis": 6,
+    "radial_MLP": "[32, 32]",
+    "lr": 0.01,
+    "ema_decay": 0.99,
+    "batch_size": 8,
+    "valid_batch_size": 16,
+    "max_num_epochs": 15,
+    "patience": 15,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"mp0a-large": MP0A_LARGE, "small": SMALL, "tiny": TINY}
+
+#: Options aloe adds to every preset (not part of the science; overridable through ``mace_options``): float64
+#: training as mace-torch's default, stress in the logged validation errors, no mace plots (aloe draws its own
+#: parity plots), models saved for CPU.
+BASE_OPTIONS: dict[str, Any] = {
+    "default_dtype": "float64",
+    "error_table": "PerAtomMAEstressvirials",
+    "plot": False,
+    "save_cpu": True,
+}
+
+E0Source = Literal["isolated_atoms", "average", "foundation"]
+
+
+class TrainSettings(AloeSettings):
+    """Train a committee of MACE models (mace-torch ``run_train``), each on its own train/valid/test split."""
+
+    inputs: list[Path] = Field(
+        default_factory=list,
+        description="Label run folders (records/chunk-*.jsonl + isolated_atoms.yaml) and/or record files: "
+        "MP-ALOE .jsonl(.gz), MatPES .json(.gz), extxyz with energies (forces, stress).",
+    )
+    committee_size: int = Field(
+        3, ge=1, description="Members of the committee (each its own split and seed)."
+    )
+    seed: int = Field(
+        0, description="Seed of the splits (member k: numpy rng([seed, k])) and of mace (seed + k)."
+    )
+    split: tuple[float, float, float] = Field(
+        (0.90, 0.05, 0.05),
+        description="Train/valid/test fractions. Each part gets at least one structure (tiny datasets: the "
+        "valid and test parts are rounded up to one).",
+    )
+    preset: Literal["mp0a-large", "small", "tiny"] = Field(
+        "mp0a-large",
+        description="mace-torch settings: mp0a-large (MACE-MP-0a large, DESIGN.md), small (minutes on CPU), "
+        "tiny (tests and demos).",
+    )
+    epochs: int | None = Field(None, ge=1, description="Maximum epochs (default: the preset's).")
+    mace_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any mace-torch run_train option (flag name without --) over the preset, e.g. "
+        "{num_channels: 32, lr: 0.001}; None drops a preset option (hidden_irreps needs num_channels: null "
+        "and max_L: null, which mace prefers when both are given).",
+    )
+    foundation_model: str | None = Field(
+        None,
+        description="Fine-tune: start every member from this MACE .model file (mace-torch "
+        "--foundation_model; the architecture and r_max come from it; naive fine-tuning, "
+        "multiheads_finetuning False unless set in mace_options).",
+    )
+    e0s: E0Source | dict[str, float] = Field(
+        "isolated_atoms",
+        description="Isolated-atom energies E0 (eV): 'isolated_atoms' (the label runs' isolated_atoms.yaml), "
+        "'average' (mace's least-squares fit on each member's training set), 'foundation' (the foundation "
+        "model's), or {element: eV}.",
+    )
+    device: Literal["cpu", "cuda", "mps", "xpu"] = Field(
+        "cpu", description="Where mace trains and aloe tests."
+    )
+    threads: int = Field(1, ge=1, description="Torch/OpenMP threads per member process.")
+    workers: int = Field(1, ge=1, description="Members trained at the same time (one process each).")
+    executor: Literal["local", "process", "dask"] = Field(
+        "process", description="Where members run (process: a local pool of `workers`)."
+    )
+    scheduler: str | None = Field(None, description="Dask scheduler address (executor 'dask').")
+    eval_batch_size: int = Field(16, ge=1, description="Structures per forward pass when testing a member.")
+    output: Path | None = Field(None, description="Run folder; default runs/train-<timestamp>.")
+    progress: bool | None = Field(
+        None, description="Show progress bars (default: when attached to a terminal)."
+    )
+
+    #: May change when a run folder is reused: raising committee_size adds members to a finished committee.
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "committee_size",
+            "device",
+            "threads",
+            "workers",
+            "executor",
+            "scheduler",
+            "eval_batch_size",
+            "output",
+            "progress",
+        }
+    )
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("train, valid and test fractions must all be positive")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"train/valid/test fractions must add up to 1 (they add up to {sum(value):g})")
+        return value
+
+    @field_validator("e0s", mode="before")
+    @classmethod
+    def _e0s_by_symbol(cls, value: Any) -> Any:
+        """``{29: e, "Al": e}`` -> ``{"Cu": e, "Al": e}`` (atomic numbers or symbols as keys)."""
+        if isinstance(value, dict):
+            from ase.data import atomic_numbers, chemical_symbols
+
+            out = {}
+            for key, energy in value.items():
+                text = str(key).strip()
+                symbol = chemical_symbols[int(text)] if text.isdigit() and int(text) < 119 else text
+                if symbol not in atomic_numbers or symbol == "X":
+                    raise ValueError(f"{key!r} is not an element")
+                out[symbol] = energy
+            return out
+        return value
+
+    @model_validator(mode="after")
+    def _foundation_e0s(self) -> TrainSettings:
+        if self.e0s == "foundation" and not self.foundation_model:
+            raise ValueError("e0s 'foundation' needs a foundation_model")
+        return self
+
+    def preset_options(self) -> dict[str, Any]:
+        """The preset's mace-torch options, with ``epochs`` and ``mace_options`` (None drops one) applied."""
+        options = {**BASE_OPTIONS, **PRESETS[self.preset]}
+        if self.epochs is not None:
+            options["max_num_epochs"] = self.epochs
+        options.update(self.mace_options)
+        return {k: v for k, v in options.items() if v is not None}
