@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from aloe.data.records import EV_PER_A3_IN_KBAR, REQUIRED_KEYS
+from aloe.data.records import REQUIRED_KEYS, stress_from_kbar, stress_to_kbar
 from aloe.errors import AloeError, InputFileError
 from aloe.runs import atomic_path
 
@@ -391,9 +391,13 @@ class RecordReader:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self.format = _check_format(self.format, self.path)
+        # An aloe label run folder holds its records as JSON-lines chunks: read them in chunk order.
+        self.format = "run" if self.path.is_dir() else _check_format(self.format, self.path)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.format == "run":
+            yield from self._run()
+            return
         if not self.path.is_file():
             raise InputFileError(self.path, "no such file")
         readers: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
@@ -405,6 +409,20 @@ class RecordReader:
         for doc in readers[str(self.format)]():
             self.n_read += 1
             yield doc
+
+    def _run(self) -> Iterator[dict[str, Any]]:
+        files = sorted((self.path / "records").glob("chunk-*.jsonl"))
+        if not files:
+            raise InputFileError(
+                self.path, "folder holds no records/chunk-*.jsonl (is it a finished aloe label run?)"
+            )
+        for file in files:
+            part = RecordReader(file, "jsonl", skip_bad=self.skip_bad, check=self.check)
+            for doc in part:
+                self.n_read += 1
+                yield doc
+            self.n_skipped += part.n_skipped
+            self.messages.extend(part.messages[: max(0, KEEP_MESSAGES - len(self.messages))])
 
     def _bad(self, problem: str) -> None:
         """Stop with ``problem``, or (``skip_bad``) count it and go on."""
@@ -613,7 +631,7 @@ def read_records(
 
 # ---- conversions between records and ASE ----------------------------------------------------------------------
 def _stress_to_ase(stress_kbar: Any) -> np.ndarray:
-    return -np.asarray(stress_kbar, dtype=float) / EV_PER_A3_IN_KBAR
+    return stress_from_kbar(stress_kbar)
 
 
 def _stress_to_kbar(stress_ase: Any) -> np.ndarray:
@@ -623,7 +641,7 @@ def _stress_to_kbar(stress_ase: Any) -> np.ndarray:
         s = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
     if s.shape != (6,):
         raise ValueError(f"stress must be 6 Voigt values or 3x3, got shape {s.shape}")
-    return -s * EV_PER_A3_IN_KBAR
+    return stress_to_kbar(s)
 
 
 def record_to_atoms(record: dict[str, Any], ref_keys: bool = True) -> Atoms:

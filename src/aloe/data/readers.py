@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,31 +96,16 @@ def iter_structures(path: str | Path) -> Iterator[tuple[str, Atoms]]:
                 yield str(atoms.info.get("aloe_id", f"{stem}:{k}")), atoms
         except Exception as exc:
             raise InputFileError(path, f"not a readable extxyz file ({_line(exc)})") from None
-    elif kind == "mp-aloe-jsonl":
-        try:
-            with _open_text(path) as fh:
-                for line_no, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        doc = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputFileError(path, f"line {line_no}: bad JSON ({exc.msg})") from None
-                    yield _doc_id(doc, f"{stem}:{line_no}"), _doc_atoms(doc, path, f"line {line_no}")
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise InputFileError(path, f"unreadable ({_line(exc)})") from None
-    else:  # matpes-json: one JSON list
-        try:
-            with _open_text(path) as fh:
-                docs = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise InputFileError(path, f"bad JSON at line {exc.lineno} ({exc.msg})") from None
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise InputFileError(path, f"unreadable ({_line(exc)})") from None
-        if not isinstance(docs, list):
-            raise InputFileError(path, "expected a JSON list of documents")
-        for k, doc in enumerate(docs):
-            yield _doc_id(doc, f"{stem}:{k}"), _doc_atoms(doc, path, f"record {k}")
+    else:  # MP-ALOE JSON lines or a MatPES JSON list, streamed by the record reader (structures only)
+        from aloe.data.formats import RecordReader
+
+        reader = RecordReader(path, "jsonl" if kind == "mp-aloe-jsonl" else "json", check=False)
+        where = "line" if kind == "mp-aloe-jsonl" else "record"
+        for k, doc in enumerate(reader):
+            yield (
+                _doc_id(doc, f"{stem}:{k}"),
+                _doc_atoms(doc, path, f"{where} {k + 1 if where == 'line' else k}"),
+            )
 
 
 def _read_one(path: Path) -> Atoms:

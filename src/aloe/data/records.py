@@ -176,24 +176,3 @@ def make_record(
         "provenance": provenance,
         "calc": {"code": code, "code_version": code_version, "settings": settings, "settings_id": sid},
     }
-
-
-def record_atoms(record: dict[str, Any]) -> Atoms:
-    """A record as ASE ``Atoms`` with a ``SinglePointCalculator`` (energy, forces, ASE-sign stress in eV/A^3)."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from pymatgen.core import Structure
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    structure = Structure.from_dict(record["structure"])
-    atoms = AseAtomsAdaptor.get_atoms(structure)
-    for key in list(atoms.arrays):
-        if key not in ("numbers", "positions"):
-            del atoms.arrays[key]
-    atoms.info.clear()
-    atoms.calc = SinglePointCalculator(
-        atoms,
-        energy=float(record["energy"]),
-        forces=np.asarray(record["forces"], dtype=float),
-        stress=stress_from_kbar(record["stress"]),
-    )
-    return atoms

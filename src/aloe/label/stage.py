@@ -415,6 +415,22 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
     t0 = time.perf_counter()
     totals = _merge_chunks(run.path, chunks)
     timings["merge"] = time.perf_counter() - t0
+    plots: list[str] = []
+    if (
+        totals["records"]
+        and totals["labelled"] == totals["structures"] - totals["failed"] - totals["written"]
+    ):
+        from aloe.data.stats import dataset_stats
+
+        # The paper's dataset figure for these labels: cohesive energy, |F| and pressure distributions.
+        t0 = time.perf_counter()
+        stats = dataset_stats(
+            [run.path], run.path / "plots", names=[f"{labeler.code} ({labeler.functional})"]
+        )
+        plots = [
+            str(Path(f).relative_to(run.path)) for key, f in stats["files"].items() if f.endswith(".png")
+        ]
+        timings["plots"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     counts: dict[str, Any] = {
         "structures": totals["structures"],
@@ -445,6 +461,7 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
             "settings": labeler.label_settings(),
         },
         "isolated_atoms": {"file": ATOMS_FILE, **isolated_info},
+        "plots": plots,
     }
     if labeler.stand_in:
         extra["warning"] = f"{labeler.functional}: these labels are a stand-in, not DFT"

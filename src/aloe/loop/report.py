@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 STAGE_PLOTS = {
     "screen": ["plots/disagreements.png", "plots/selection_by_element.png"],
     "select": ["plots/pca.png", "plots/cluster_sizes.png"],
-    "label": ["plots/dataset.png"],
-    "train": ["plots/parity.png"],
+    "label": ["plots/distributions.png", "plots/elements.png"],
+    "train": ["plots/parity-*.png"],
 }
 
 
@@ -66,11 +66,11 @@ def iteration_lines(loop: LoopRun, it: int, record: dict[str, Any], image_prefix
         info = record.get(stage)
         if not info:
             continue
-        for plot in plots:
-            path = loop.path / info["folder"] / plot
-            if path.exists():
-                rel = f"{image_prefix}{info['folder']}/{plot}"
-                lines += [f"![{stage}: {Path(plot).stem}]({rel})", ""]
+        folder = loop.path / info["folder"]
+        for pattern in plots:
+            for path in sorted(folder.glob(pattern)):
+                plot = path.relative_to(folder).as_posix()
+                lines += [f"![{stage}: {path.stem}]({image_prefix}{info['folder']}/{plot})", ""]
     return lines
 
 
