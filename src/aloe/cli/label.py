@@ -15,9 +15,8 @@ from aloe.cli.options import (
     SchedulerOption,
     SetOption,
     WorkersOption,
-    announce_run_folder,
-    invocation,
     parse_sets,
+    run_stage,
     user_errors,
 )
 
@@ -59,8 +58,6 @@ def label_command(
     with user_errors():
         from aloe.label.settings import LabelSettings
         from aloe.label.stage import label
-        from aloe.runs import default_run_dir
-        from aloe.settings import build_settings
 
         overrides = parse_sets(
             set_,
@@ -77,11 +74,7 @@ def label_command(
                 "progress": progress,
             },
         )
-        settings = build_settings(LabelSettings, config, overrides, verb="label")
-        if settings.output is None:
-            settings = settings.model_copy(update={"output": default_run_dir("label")})
-        announce_run_folder(settings.output)
-        result = label(settings, command=invocation(ctx))
+        result = run_stage(ctx, LabelSettings, config, overrides, "label", label)
         c = result.counts
         failed = ", ".join(f"{k} {v}" for k, v in c["failed_by_class"].items()) or "none"
         typer.echo(

@@ -87,6 +87,25 @@ def invocation(ctx: typer.Context) -> str:
 _CURRENT_RUN: dict[str, Path] = {}
 
 
+def run_stage(
+    ctx: typer.Context,
+    model: type,
+    config: Path | None,
+    overrides: dict[str, Any],
+    verb: str,
+    stage: Any,
+) -> Any:
+    """Build a stage's settings (config file + options), name its run folder, announce it, run the stage."""
+    from aloe.runs import default_run_dir
+    from aloe.settings import build_settings
+
+    settings = build_settings(model, config, overrides, verb=verb)
+    if settings.output is None:
+        settings = settings.model_copy(update={"output": default_run_dir(verb)})
+    announce_run_folder(settings.output)
+    return stage(settings, command=invocation(ctx))
+
+
 def announce_run_folder(path: Path) -> None:
     """Print the run folder before a long stage starts, and remember it for the interrupt message."""
     _CURRENT_RUN["path"] = Path(path)

@@ -18,9 +18,8 @@ from aloe.cli.options import (
     SetOption,
     ThreadsOption,
     WorkersOption,
-    announce_run_folder,
-    invocation,
     parse_sets,
+    run_stage,
     user_errors,
 )
 
@@ -62,10 +61,8 @@ def screen_command(
 ) -> None:
     """Screen candidates with a committee."""
     with user_errors():
-        from aloe.runs import default_run_dir
         from aloe.screen.settings import ScreenSettings
         from aloe.screen.stage import screen
-        from aloe.settings import build_settings
 
         overrides = parse_sets(
             set_,
@@ -84,11 +81,7 @@ def screen_command(
                 "progress": progress,
             },
         )
-        settings = build_settings(ScreenSettings, config, overrides, verb="screen")
-        if settings.output is None:
-            settings = settings.model_copy(update={"output": default_run_dir("screen")})
-        announce_run_folder(settings.output)
-        result = screen(settings, command=invocation(ctx))
+        result = run_stage(ctx, ScreenSettings, config, overrides, "screen", screen)
         c = result.counts
         outcomes = ", ".join(f"{k} {v:,}" for k, v in c["outcomes"].items())
         typer.echo(f"screened {c['structures']:,} structures with {len(c['committee'])} models: {outcomes}")

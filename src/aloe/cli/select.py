@@ -18,9 +18,8 @@ from aloe.cli.options import (
     SetOption,
     ThreadsOption,
     WorkersOption,
-    announce_run_folder,
-    invocation,
     parse_sets,
+    run_stage,
     user_errors,
 )
 
@@ -68,10 +67,8 @@ def select_command(
 ) -> None:
     """Select a diverse subset with DIRECT."""
     with user_errors():
-        from aloe.runs import default_run_dir
         from aloe.select.settings import SelectSettings
         from aloe.select.stage import select
-        from aloe.settings import build_settings
 
         overrides = parse_sets(
             set_,
@@ -93,11 +90,7 @@ def select_command(
                 "progress": progress,
             },
         )
-        settings = build_settings(SelectSettings, config, overrides, verb="select")
-        if settings.output is None:
-            settings = settings.model_copy(update={"output": default_run_dir("select")})
-        announce_run_folder(settings.output)
-        result = select(settings, command=invocation(ctx))
+        result = run_stage(ctx, SelectSettings, config, overrides, "select", select)
         c = result.counts
         d = result.direct
         typer.echo(

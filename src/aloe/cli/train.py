@@ -16,9 +16,8 @@ from aloe.cli.options import (
     SetOption,
     ThreadsOption,
     WorkersOption,
-    announce_run_folder,
-    invocation,
     parse_sets,
+    run_stage,
     user_errors,
 )
 
@@ -79,8 +78,6 @@ def train_command(
     """Train a MACE committee."""
     with user_errors():
         from aloe.errors import AloeError
-        from aloe.runs import default_run_dir
-        from aloe.settings import build_settings
         from aloe.train.settings import TrainSettings
         from aloe.train.stage import train
 
@@ -109,11 +106,7 @@ def train_command(
                 "progress": progress,
             },
         )
-        settings = build_settings(TrainSettings, config, overrides, verb="train")
-        if settings.output is None:
-            settings = settings.model_copy(update={"output": default_run_dir("train")})
-        announce_run_folder(settings.output)
-        result = train(settings, command=invocation(ctx))
+        result = run_stage(ctx, TrainSettings, config, overrides, "train", train)
         c = result.counts
         typer.echo(
             f"committee of {c['members']}: {c['trained_now']} trained now, {c['finished']} finished; "
