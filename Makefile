@@ -31,9 +31,7 @@ $(STAMP): pyproject.toml constraints.txt install/gpaw-siteconfig.py install/libx
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/aloe prototypes stats --source builtin --no-occupations
-	$(BIN)/aloe generate --config examples/generate-quickstart.yaml
-	@echo "demo done: candidates in runs/quickstart-generate/chunks, extxyz in runs/quickstart-generate/export"
+	$(BIN)/aloe run examples/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

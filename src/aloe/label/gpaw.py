@@ -41,6 +41,10 @@ XC_NAMES = {"r2SCAN": "MGGA_X_R2SCAN+MGGA_C_R2SCAN", "PBE": "PBE"}
 ISOLATED_ATOM_BOX = (10.0, 10.5, 11.0)
 #: Eigenstate convergence of isolated atoms (eV^2 per valence electron; GPAW's default 4e-8 is out of reach there).
 ATOM_EIGENSTATES_CONVERGENCE = 1e-4
+#: Energy convergence of isolated atoms (eV per valence electron): r2SCAN's total energy of an atom in vacuum keeps
+#: oscillating by a few 1e-5 eV between SCF steps (seen for Li: +-2e-5 eV over 200 steps), which is far below what
+#: cohesive energies and E0s need.
+ATOM_ENERGY_CONVERGENCE = 1e-4
 #: Initial moment (mu_B) of elements not in the MAGMOM table (MP's default).
 DEFAULT_MAGMOM = 0.6
 #: GPAW's text log in each work folder (with ``pbe_first``, the PBE stage logs to ``gpaw-pbe.txt``).
@@ -266,7 +270,11 @@ class GPAWLabeler(Labeler):
             "symmetry": "off",
             # r2SCAN's potential is noisy in vacuum: an atom's eigenstate residuals stall near 1e-6 eV^2 per
             # electron, above GPAW's 4e-8 default, long after the energy has converged.
-            "convergence": {**base["convergence"], "eigenstates": ATOM_EIGENSTATES_CONVERGENCE},
+            "convergence": {
+                **base["convergence"],
+                "eigenstates": ATOM_EIGENSTATES_CONVERGENCE,
+                "energy": max(self.settings.energy_convergence, ATOM_ENERGY_CONVERGENCE),
+            },
         }
         with self._gpaw_errors(), _blas_threads(self.settings.threads):
             self._attach_calculator(atom, workdir, {}, extra)
