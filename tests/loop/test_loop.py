@@ -79,6 +79,17 @@ def test_empty_selection_stops_the_loop_with_a_reason(tmp_path, proto_dir):
     assert (tmp_path / "run" / "report.md").exists()
 
 
+def test_a_loop_whose_labels_all_fail_stops_before_training(tmp_path, proto_dir):
+    # EMT has no parameters for Fe, Co, Cr: every structure fails 'unsupported'; training would have no data.
+    config = RunConfig.model_validate(
+        loop_config(proto_dir, tmp_path / "run", generate={"elements": ["Cr", "Fe", "Co"], "sample": 10})
+    )
+    result = run_loop(config)
+    assert "no structure could be labelled" in result.stopped
+    assert result.iterations[0]["label"]["counts"]["failed_by_class"] == {"unsupported": 8}
+    assert not (tmp_path / "run" / "iter-00" / "train").exists()
+
+
 @pytest.mark.slow
 def test_two_iterations_end_to_end_with_emt_and_tiny_mace(tmp_path, proto_dir):
     config = RunConfig.model_validate(loop_config(proto_dir, tmp_path / "run", iterations=2))

@@ -210,6 +210,14 @@ class LoopRun:
             record["label"] = self.run_stage(
                 it, "label", self._stage_settings("label", it, input=str(self.stage_dir(it, "select")))
             )
+            labelled = sum(
+                int((r.get("label") or {}).get("counts", {}).get("records", 0)) for r in [*iterations, record]
+            )
+            if labelled == 0 and not s.seed_dataset:
+                stopped = f"iteration {it}: no structure could be labelled (see {self.stage_dir(it, 'label')}/failures)"
+                iterations.append(record)
+                self._report(it, record)
+                break
             inputs = self.dataset(it)
             record["train"] = self.run_stage(
                 it, "train", self._stage_settings("train", it, inputs=inputs, seed=s.seed + it)
