@@ -210,11 +210,11 @@ def shared_inputs(
     return items
 
 
-def usable_rows(items: list[Any], out: Predictions, prefix: str) -> list[int]:
-    """Rows whose input was built; the others get ``f"{prefix}{reason}"`` as their error in ``out``."""
+def usable_rows(items: list[Any], errors: list[str | None], prefix: str) -> list[int]:
+    """Rows whose input was built; the others get ``f"{prefix}{reason}"`` in ``errors`` (one entry per row)."""
     for r, item in enumerate(items):
         if isinstance(item, str):
-            out.errors[r] = f"{prefix}{item}"
+            errors[r] = f"{prefix}{item}"
     return [r for r, item in enumerate(items) if not isinstance(item, str)]
 
 

@@ -190,6 +190,30 @@ class CHGNetPotential(Potential):
         )
 
     # ---- prediction ---------------------------------------------------------------------------------------
+    #: Error of a structure whose graph could not be built.
+    GRAPH_ERROR_PREFIX = "{name} could not build the graph: "
+
+    def on_device(self, graphs: list[Any]) -> list[Any]:
+        """The graphs on the model's device (``CrystalGraph.to()`` copies every tensor: only moved off the CPU)."""
+        if str(self._device).startswith("cpu"):
+            return graphs
+        return [g.to(self._device) for g in graphs]
+
+    def batched_graph(self, graphs: list[Any], compute_stress: bool) -> Any:
+        """CHGNet's ``BatchedGraph`` of ``graphs`` (built in the caller's grad mode: strains need grad for stress)."""
+        from chgnet.model.model import BatchedGraph
+
+        model = self.model
+        with warnings.catch_warnings():
+            # from_graphs turns grad-carrying volumes into a tensor and torch warns about it; harmless here.
+            warnings.simplefilter("ignore", UserWarning)
+            return BatchedGraph.from_graphs(
+                graphs,
+                bond_basis_expansion=model.bond_basis_expansion,
+                angle_basis_expansion=model.angle_basis_expansion,
+                compute_stress=compute_stress,
+            )
+
     def graphs(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> list[Any]:
         """CHGNet graphs of ``batch`` (built once per converter setting when ``shared`` is given).
 
@@ -208,27 +232,16 @@ class CHGNetPotential(Potential):
 
     def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
         import torch
-        from chgnet.model.model import BatchedGraph
 
         model = self.model
         out = Predictions.empty(batch)
         graphs = self.graphs(batch, shared)
-        rows = usable_rows(graphs, out, f"{self.name} could not build the graph: ")
+        rows = usable_rows(graphs, out.errors, self.GRAPH_ERROR_PREFIX.format(name=self.name))
         if not rows:
             return out
-        # CrystalGraph.to() copies every tensor: only move when the model is not on the CPU.
-        on_cpu = str(self._device).startswith("cpu")
-        gs = [graphs[r] if on_cpu else graphs[r].to(self._device) for r in rows]
-
-        with torch.enable_grad(), warnings.catch_warnings():
-            # from_graphs turns grad-carrying volumes into a tensor and torch warns about it; harmless here.
-            warnings.simplefilter("ignore", UserWarning)
-            bg = BatchedGraph.from_graphs(
-                gs,
-                bond_basis_expansion=model.bond_basis_expansion,
-                angle_basis_expansion=model.angle_basis_expansion,
-                compute_stress=True,
-            )
+        gs = self.on_device([graphs[r] for r in rows])
+        with torch.enable_grad():
+            bg = self.batched_graph(gs, compute_stress=True)
             pred = model._compute(bg, compute_force=False, compute_stress=False)
             n_atoms = pred["atoms_per_graph"]
             network_total = pred["e"] * n_atoms if model.is_intensive else pred["e"]

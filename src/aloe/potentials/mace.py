@@ -218,7 +218,7 @@ class MACEPotential(Potential):
         model = self.model
         out = Predictions.empty(batch)
         items = self.atomic_data(batch, shared)
-        rows = usable_rows(items, out, f"{self.name}: ")
+        rows = usable_rows(items, out.errors, f"{self.name}: ")
         if not rows:
             return out
         # from_data_list concatenates into new tensors, so members sharing the AtomicData never share a batch.

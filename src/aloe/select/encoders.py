@@ -167,28 +167,19 @@ class CHGNetEncoder(Encoder):
 
     def _encode_batch(self, batch: StructureBatch) -> Encoded:
         import torch
-        from chgnet.model.model import BatchedGraph
 
-        model = self.potential.model
-        graphs = self.potential.graphs(batch)
+        from aloe.potentials.base import usable_rows
+
+        potential = self.potential
+        graphs = potential.graphs(batch)
         features = np.full((len(batch), self.dim), np.nan)
-        errors: list[str | None] = [
-            f"{self.name} could not build the graph: {g}" if isinstance(g, str) else None for g in graphs
-        ]
-        rows = [r for r, g in enumerate(graphs) if not isinstance(g, str)]
+        errors: list[str | None] = [None] * len(batch)
+        rows = usable_rows(graphs, errors, potential.GRAPH_ERROR_PREFIX.format(name=self.name))
         if not rows:
             return Encoded(features, errors)
-        device = self.potential._device
-        gs = [graphs[r] if str(device).startswith("cpu") else graphs[r].to(device) for r in rows]
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            bg = BatchedGraph.from_graphs(
-                gs,
-                bond_basis_expansion=model.bond_basis_expansion,
-                angle_basis_expansion=model.angle_basis_expansion,
-                compute_stress=False,
-            )
-            pred = model._compute(bg, return_crystal_feas=True)
+        with torch.no_grad():
+            bg = potential.batched_graph(potential.on_device([graphs[r] for r in rows]), compute_stress=False)
+            pred = potential.model._compute(bg, return_crystal_feas=True)
         # The shipped models pool by SUM over atoms (GraphPooling(average=False)); dividing by the atom count gives
         # the mean, so a supercell encodes like its cell and structure size does not dominate the features.
         pooled = pred["crystal_fea"].double() / pred["atoms_per_graph"].double().view(-1, 1)
