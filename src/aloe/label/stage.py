@@ -472,35 +472,35 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
 # ---- bookkeeping --------------------------------------------------------------------------------------------
 def _finished_rows(run_dir: Path, chunk: str, retry_failed: bool) -> set[int]:
     """Rows of ``chunk`` that need no labelling (merged or done; failed ones count unless ``retry_failed``)."""
-    rows: set[int] = set()
-    merged = run_dir / RECORDS_DIR / f"{chunk}.jsonl"
-    if merged.exists():
-        for row, status in _merged_status(run_dir, chunk).items():
-            if status != "failed" or not retry_failed:
-                rows.add(row)
-    for path in (run_dir / DONE_DIR / chunk).glob("*.json"):
-        status = json.loads(path.read_text())["status"]
-        row = int(path.stem)
-        if status == "failed" and retry_failed:
-            rows.discard(row)
-        else:
-            rows.add(row)
-    return rows
+    return {
+        row
+        for row, result in _chunk_results(run_dir, chunk).items()
+        if not (retry_failed and result["status"] == "failed")
+    }
 
 
-def _merged_status(run_dir: Path, chunk: str) -> dict[int, str]:
-    status: dict[int, str] = {}
-    for path, state in (
-        (run_dir / RECORDS_DIR / f"{chunk}.jsonl", "ok"),
-        (run_dir / FAILURES_DIR / f"{chunk}.jsonl", "failed"),
-    ):
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    doc = json.loads(line)
-                    row = doc["row"] if state == "failed" else doc["provenance"]["aloe_input"]["row"]
-                    status[int(row)] = state
-    return status
+def _chunk_results(run_dir: Path, chunk: str) -> dict[int, dict[str, Any]]:
+    """Every finished row of ``chunk``: its merged records/failure, overlaid by its newer ``done`` file."""
+    by_row: dict[int, dict[str, Any]] = {}
+    for line in _lines(run_dir / RECORDS_DIR / f"{chunk}.jsonl"):
+        doc = json.loads(line)
+        row = int(doc["provenance"]["aloe_input"]["row"])
+        by_row.setdefault(row, {"status": "ok", "records": []})["records"].append(doc)
+    for line in _lines(run_dir / FAILURES_DIR / f"{chunk}.jsonl"):
+        doc = json.loads(line)
+        by_row[int(doc["row"])] = {"status": "failed", "failure_doc": doc}
+    for path in _done_files(run_dir, chunk):
+        result = json.loads(path.read_text())
+        by_row[int(result["row"])] = result
+    return by_row
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _done_files(run_dir: Path, chunk: str) -> list[Path]:
+    return sorted((run_dir / DONE_DIR / chunk).glob("*.json"))
 
 
 def _merge_chunks(run_dir: Path, chunks: list[InputChunk]) -> dict[str, Any]:
@@ -516,29 +516,16 @@ def _merge_chunks(run_dir: Path, chunks: list[InputChunk]) -> dict[str, Any]:
     for chunk in chunks:
         n_rows = len(read_chunk(chunk.path))
         totals["structures"] += n_rows
-        by_row: dict[int, dict[str, Any]] = {}
-        records_path = run_dir / RECORDS_DIR / f"{chunk.name}.jsonl"
-        failures_path = run_dir / FAILURES_DIR / f"{chunk.name}.jsonl"
-        if records_path.exists():
-            for line in records_path.read_text().splitlines():
-                if line.strip():
-                    doc = json.loads(line)
-                    row = int(doc["provenance"]["aloe_input"]["row"])
-                    by_row.setdefault(row, {"status": "ok", "records": []})["records"].append(doc)
-        if failures_path.exists():
-            for line in failures_path.read_text().splitlines():
-                if line.strip():
-                    doc = json.loads(line)
-                    by_row[int(doc["row"])] = {"status": "failed", "failure_doc": doc}
-        done_dir = run_dir / DONE_DIR / chunk.name
-        done_files = sorted(done_dir.glob("*.json")) if done_dir.exists() else []
-        for path in done_files:
-            result = json.loads(path.read_text())
-            by_row[int(result["row"])] = result
+        by_row = _chunk_results(run_dir, chunk.name)
+        done_files = _done_files(run_dir, chunk.name)
         complete = len(by_row) == n_rows
         if done_files and complete:
-            _write_merged(records_path, failures_path, by_row)
-            shutil.rmtree(done_dir, ignore_errors=True)
+            _write_merged(
+                run_dir / RECORDS_DIR / f"{chunk.name}.jsonl",
+                run_dir / FAILURES_DIR / f"{chunk.name}.jsonl",
+                by_row,
+            )
+            shutil.rmtree(run_dir / DONE_DIR / chunk.name, ignore_errors=True)
         for result in by_row.values():
             if result["status"] == "ok":
                 totals["labelled"] += 1
