@@ -17,6 +17,7 @@ and resumes there, so a killed loop ends with the same dataset as one that was n
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,48 +276,24 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+#: Each stage's settings model and function (imported when the loop reaches the stage).
+_STAGE_CODE: dict[str, tuple[str, str, str]] = {
+    "generate": ("aloe.generate", "GenerateSettings", "generate"),
+    "screen": ("aloe.screen", "ScreenSettings", "screen"),
+    "select": ("aloe.select", "SelectSettings", "select"),
+    "label": ("aloe.label", "LabelSettings", "label"),
+    "train": ("aloe.train", "TrainSettings", "train"),
+}
+
+
 def _settings_model(stage: str) -> type:
-    if stage == "generate":
-        from aloe.generate.settings import GenerateSettings
-
-        return GenerateSettings
-    if stage == "screen":
-        from aloe.screen.settings import ScreenSettings
-
-        return ScreenSettings
-    if stage == "select":
-        from aloe.select.settings import SelectSettings
-
-        return SelectSettings
-    if stage == "label":
-        from aloe.label.settings import LabelSettings
-
-        return LabelSettings
-    from aloe.train.settings import TrainSettings
-
-    return TrainSettings
+    package, model, _ = _STAGE_CODE[stage]
+    return getattr(importlib.import_module(f"{package}.settings"), model)
 
 
 def _stage_function(stage: str):
-    if stage == "generate":
-        from aloe.generate.stage import generate
-
-        return generate
-    if stage == "screen":
-        from aloe.screen.stage import screen
-
-        return screen
-    if stage == "select":
-        from aloe.select.stage import select
-
-        return select
-    if stage == "label":
-        from aloe.label.stage import label
-
-        return label
-    from aloe.train.stage import train
-
-    return train
+    package, _, function = _STAGE_CODE[stage]
+    return getattr(importlib.import_module(f"{package}.stage"), function)
 
 
 def _iteration_summary(record: dict[str, Any]) -> dict[str, Any]:
