@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from aloe.errors import AloeError
 from aloe.loop.settings import STAGES, LoopSettings, RunConfig
-from aloe.runs import atomic_path, default_run_dir, package_versions, write_yaml_atomic
+from aloe.runs import default_run_dir, package_versions, write_yaml_atomic
+from aloe.settings import format_validation_error
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.yaml"
@@ -90,8 +92,6 @@ class LoopRun:
 
     # ---- stages -----------------------------------------------------------------------------------------
     def _stage_settings(self, stage: str, it: int, **fixed: Any) -> Any:
-        from aloe.settings import format_validation_error
-
         model = _settings_model(stage)
         data = dict(getattr(self.config, stage))
         data.update({k: v for k, v in fixed.items() if v is not None})
@@ -100,12 +100,8 @@ class LoopRun:
             data["progress"] = self.settings.progress
         try:
             return model.model_validate(data)
-        except Exception as exc:
-            from pydantic import ValidationError
-
-            if isinstance(exc, ValidationError):
-                raise AloeError(format_validation_error(exc, f"config section '{stage}'")) from None
-            raise
+        except ValidationError as exc:
+            raise AloeError(format_validation_error(exc, f"config section '{stage}'")) from None
 
     def validate_sections(self) -> None:
         """Validate every stage section before anything runs (a typo must not surface after an hour of DFT)."""
@@ -319,4 +315,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["LoopResult", "LoopRun", "atomic_path", "load_run_config", "run_loop"]
+__all__ = ["LoopResult", "LoopRun", "load_run_config", "run_loop"]
