@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from aloe.data.candidates import read_chunk
+from aloe.data.candidates import count_rows, read_chunk
 from aloe.data.inputs import InputChunk, prepare_inputs
 from aloe.data.records import make_record, settings_id
 from aloe.errors import AloeError
@@ -514,7 +514,7 @@ def _merge_chunks(run_dir: Path, chunks: list[InputChunk]) -> dict[str, Any]:
         "failed_by_class": Counter(),
     }
     for chunk in chunks:
-        n_rows = len(read_chunk(chunk.path))
+        n_rows = count_rows(chunk.path)  # from the Parquet footer
         totals["structures"] += n_rows
         by_row = _chunk_results(run_dir, chunk.name)
         done_files = _done_files(run_dir, chunk.name)
