@@ -15,6 +15,19 @@ Neighbour graphs depend only on the converter settings (cutoffs, algorithm), not
 members with identical settings (0.3.0 and r2scan: atom cutoff 6 A, bond cutoff 3 A; 0.2.0 uses 5 A) build them once
 per sub-batch through the ``shared`` scratch dict of :meth:`aloe.potentials.base.Potential.predict`.
 
+Batch invariance (why a sub-batch may be split in two). ``CHGNet._compute`` runs its bond-graph layers
+(``BondConv``, ``AngleUpdate``) only ``if len(g.angle_bases) != 0`` -- a test on the WHOLE ``BatchedGraph``. A
+structure without angles (no two bonds shorter than the bond cutoff, 3 A, at one atom: e.g. KBr, RbCl or CsI at
+their experimental lattice constants) skips them when predicted alone, but not in a batch with any structure that
+has angles. Then ``BondConv`` also updates that structure's bonds: they receive no angle messages, so their update is
+``mlp_out(0)``, which is 0 for 0.3.0 and r2scan but the bias of ``mlp_out`` for 0.2.0 (``CHGNet.load`` builds
+0.2.0 with ``mlp_out_bias=True``, cf. CHGNet issue #79): up to 0.16 eV/atom. The offsets of
+``BatchedGraph.from_graphs`` are correct; only this batch-global branch leaks. chgnet's own
+``predict_structure(list)`` has the same fault. aloe predicts structures with and without angles in separate
+``BatchedGraph`` s (:meth:`CHGNetPotential.invariant_groups`), each exactly what the structure gets alone, and only
+for models whose bond layers change angle-free bonds (probed once after loading: 0.2.0), so ordinary batches
+stay one forward pass. The DIRECT encoder uses the same groups.
+
 CPU speed: subnormal floats are flushed to zero (``flush_denormal=True``, process-wide; ~20% faster on the
 CHGNet trio, no visible change in results).
 
@@ -112,6 +125,7 @@ class CHGNetPotential(Potential):
         self.flush_denormal = flush_denormal
         self._model: Any = None
         self._device: str | None = None
+        self._split_angle_free: bool = True
 
     # ---- model ------------------------------------------------------------------------------------------
     @property
@@ -150,6 +164,7 @@ class CHGNetPotential(Potential):
             param.requires_grad_(False)  # only position/strain gradients are needed
         # Like CHGNetCalculator (which only warns), predict structures with isolated atoms; 'ignore' keeps stderr clean.
         model.graph_converter.set_isolated_atom_response("ignore")
+        self._split_angle_free = not _bond_layers_keep_angle_free_bonds(model)
         self._model, self._device = model, device
 
     def predict(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> Predictions:
@@ -214,6 +229,47 @@ class CHGNetPotential(Potential):
                 compute_stress=compute_stress,
             )
 
+    def invariant_groups(self, graphs: list[Any]) -> list[list[int]]:
+        """Positions in ``graphs`` grouped so that one ``BatchedGraph`` per group gives every structure its alone result.
+
+        Structures with and without bond-graph angles go to separate groups when the model's bond layers would change
+        the bonds of an angle-free structure (see the module docstring: ``CHGNet._compute`` decides per batch whether
+        to run them); otherwise, and when only one kind is present, everything stays one group.
+        """
+        _ = self.model  # the probe runs when the model is loaded
+        everything = list(range(len(graphs)))
+        if not self._split_angle_free:
+            return [everything]
+        with_angles = [i for i in everything if len(graphs[i].bond_graph) != 0]
+        without = [i for i in everything if len(graphs[i].bond_graph) == 0]
+        return [group for group in (with_angles, without) if group]
+
+    def compute(
+        self, graphs: list[Any], *, strains: bool = False, **kwargs: Any
+    ) -> list[tuple[list[int], Any, dict]]:
+        """``CHGNet._compute`` of ``graphs`` (on the model's device), one batched pass per :meth:`invariant_groups` group.
+
+        Parameters
+        ----------
+        graphs
+            ``CrystalGraph`` s on the model's device.
+        strains
+            Give the ``BatchedGraph`` strains (``compute_stress`` of ``BatchedGraph.from_graphs``; they carry grad in
+            the caller's grad mode).
+        **kwargs
+            Passed to ``CHGNet._compute`` (``return_crystal_feas=True`` ...).
+
+        Returns
+        -------
+        list
+            ``(positions in graphs, BatchedGraph, prediction)`` per group.
+        """
+        out = []
+        for group in self.invariant_groups(graphs):
+            bg = self.batched_graph([graphs[i] for i in group], compute_stress=strains)
+            out.append((group, bg, self.model._compute(bg, **kwargs)))
+        return out
+
     def graphs(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> list[Any]:
         """CHGNet graphs of ``batch`` (built once per converter setting when ``shared`` is given).
 
@@ -241,26 +297,40 @@ class CHGNetPotential(Potential):
             return out
         gs = self.on_device([graphs[r] for r in rows])
         with torch.enable_grad():
-            bg = self.batched_graph(gs, compute_stress=True)
-            pred = model._compute(bg, compute_force=False, compute_stress=False)
-            n_atoms = pred["atoms_per_graph"]
-            network_total = pred["e"] * n_atoms if model.is_intensive else pred["e"]
-            inputs = [*bg.atom_positions, *bg.strains]
-            # One backward pass for forces and stress together; no create_graph (nothing differentiates again).
-            grads = torch.autograd.grad(network_total.sum(), inputs, allow_unused=True)
+            # Strains in the graph, but CHGNet's own force/stress autograd off: one grad below does both.
+            parts = self.compute(gs, strains=True, compute_force=False, compute_stress=False)
+            # One backward pass for forces and stress of every group together; no create_graph (nothing
+            # differentiates again). Groups share no atoms, so each structure's gradient is its own.
+            network_total = sum(
+                (pred["e"] * pred["atoms_per_graph"] if model.is_intensive else pred["e"]).sum()
+                for _, _, pred in parts
+            )
+            inputs = [x for _, bg, _ in parts for x in (*bg.atom_positions, *bg.strains)]
+            grads = torch.autograd.grad(network_total, inputs, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
 
         with torch.no_grad():
+            # Back from group order to the order of gs.
+            order = [i for group, _, _ in parts for i in group]
+            back = torch.as_tensor(np.argsort(order), device=parts[0][2]["e"].device)
+            per_graph = torch.cat([pred["e"].detach() for _, _, pred in parts])[back]
+            n_atoms = torch.cat([pred["atoms_per_graph"] for _, _, pred in parts])[back]
+            # |V|, not CHGNet's signed triple product: chgnet flips the stress of left-handed cells (see module doc).
+            volumes = torch.cat([bg.volumes.detach() for _, bg, _ in parts])[back].double().abs()
+            position_grads: list[Any] = [None] * len(gs)
+            strain_grads: list[Any] = [None] * len(gs)
+            at = 0
+            for group, _, _ in parts:
+                for j, i in enumerate(group):
+                    position_grads[i] = grads[at + j]
+                    strain_grads[i] = grads[at + len(group) + j]
+                at += 2 * len(group)
             # Exactly CHGNet.forward: prediction["e"] += composition_model(graphs) (both per atom if intensive).
-            per_graph = pred["e"].detach()
             if model.composition_model is not None:
                 per_graph = per_graph + model.composition_model(gs)
             total = per_graph.double() * n_atoms.double() if model.is_intensive else per_graph.double()
-            k = len(gs)
-            forces = [-g.detach().double().cpu().numpy() for g in grads[:k]]
-            # |V|, not CHGNet's signed triple product: chgnet flips the stress of left-handed cells (see module doc).
-            volumes = bg.volumes.detach().double().abs().view(-1, 1, 1)
-            stress = torch.stack([g.detach() for g in grads[k:]]).double() / volumes
+            forces = [-g.detach().double().cpu().numpy() for g in position_grads]
+            stress = torch.stack([g.detach() for g in strain_grads]).double() / volumes.view(-1, 1, 1)
         stress_voigt = voigt_from_tensor(_symmetrize(stress.cpu().numpy()))
         total_np = total.cpu().numpy()
         for j, r in enumerate(rows):
@@ -276,6 +346,35 @@ class CHGNetPotential(Potential):
         state["_model"] = None
         state["_device"] = None
         return state
+
+
+def _bond_layers_keep_angle_free_bonds(model: Any) -> bool:
+    """Whether every ``BondConv`` of ``model`` returns the features of bonds that are in no angle unchanged.
+
+    Probed on the loaded layers (an empty bond graph), not read from their settings: then CHGNet's batch-global
+    "run the bond layers if any structure has angles" cannot change any structure's result, and a batch need not be
+    split by :meth:`CHGNetPotential.invariant_groups`.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    n_bonds = 3
+    bond_dim = model.bond_fea_dim
+    bond_feas = torch.linspace(-1.0, 1.0, n_bonds * bond_dim, device=device).view(n_bonds, bond_dim)
+    with torch.no_grad():
+        for layer in model.bond_conv_layers:
+            if layer is None:
+                continue
+            out = layer(
+                atom_feas=torch.zeros(1, model.atom_fea_dim, device=device),
+                bond_feas=bond_feas.clone(),
+                bond_weights=torch.ones(n_bonds, bond_dim, device=device),
+                angle_feas=torch.zeros(0, model.angle_embedding.out_features, device=device),
+                bond_graph=torch.zeros(0, 3, dtype=torch.long, device=device),
+            )
+            if not torch.equal(out, bond_feas):
+                return False
+    return True
 
 
 def _symmetrize(tensors: np.ndarray) -> np.ndarray:

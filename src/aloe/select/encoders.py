@@ -178,12 +178,16 @@ class CHGNetEncoder(Encoder):
         if not rows:
             return Encoded(features, errors)
         with torch.no_grad():
-            bg = potential.batched_graph(potential.on_device([graphs[r] for r in rows]), compute_stress=False)
-            pred = potential.model._compute(bg, return_crystal_feas=True)
-        # The shipped models pool by SUM over atoms (GraphPooling(average=False)); dividing by the atom count gives
-        # the mean, so a supercell encodes like its cell and structure size does not dominate the features.
-        pooled = pred["crystal_fea"].double() / pred["atoms_per_graph"].double().view(-1, 1)
-        features[rows] = pooled.cpu().numpy()
+            # In the potential's batch-invariant groups: chgnet-0.2.0 gives a structure without bond-graph angles
+            # other features in a batch with structures that have angles (see aloe.potentials.chgnet).
+            parts = potential.compute(
+                potential.on_device([graphs[r] for r in rows]), return_crystal_feas=True
+            )
+        for group, _, pred in parts:
+            # The shipped models pool by SUM over atoms (GraphPooling(average=False)); dividing by the atom count
+            # gives the mean, so a supercell encodes like its cell and structure size does not dominate the features.
+            pooled = pred["crystal_fea"].double() / pred["atoms_per_graph"].double().view(-1, 1)
+            features[[rows[i] for i in group]] = pooled.cpu().numpy()
         return Encoded(features, errors)
 
     def __getstate__(self) -> dict[str, Any]:
