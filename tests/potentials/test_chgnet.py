@@ -40,7 +40,9 @@ def test_fast_path_equals_predict_structure(name, potentials, chgnet_batch):
 
     model = _reference_model(name)
     structures = [chgnet_batch.to_structure(r) for r in range(len(chgnet_batch))]
-    ref = model.predict_structure(structures, task="efs", batch_size=16)
+    # batch_size=1: chgnet's own batches are not batch-invariant for 0.2.0 (CsCl here has no bond-graph angle; see
+    # aloe.potentials.chgnet), and the structure alone is the model's answer.
+    ref = model.predict_structure(structures, task="efs", batch_size=1)
     for r, res in enumerate(ref):
         n = len(structures[r])
         sl = chgnet_batch.atom_slice(r)
