@@ -1,42 +1,202 @@
-"""Progress bars (tqdm) that switch off cleanly for tests, pipes and ``--quiet``."""
+"""Progress of a stage: a redrawn tqdm bar on a terminal, plain lines elsewhere, nothing for tests and ``--no-progress``.
+
+Off a terminal (a pipe, a file, a batch job's output) a redrawn bar would be one long line of carriage returns, so
+the progress is written as plain lines instead: ``[iter 1/2] label (gpaw): 4/6 structures, 4 ok, 0 failed, 02:31``,
+at most one every :data:`LINE_INTERVAL` seconds and one when the bar closes. The ``[iter 1/2]`` prefix
+comes from :func:`progress_prefix` (the loop sets it around each stage). Both go to aloe's console
+(:mod:`aloe.logs`): the terminal, and the run log when one is open.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from aloe.logs import console, echo, format_seconds, log_open
 
 T = TypeVar("T")
 
+#: Seconds between two plain progress lines of one bar (the last line is always written).
+LINE_INTERVAL = 10.0
+
+#: Text put before every bar's description (``[iter 1/2] `` while the loop runs a stage).
+_prefix = ""
+
+
+@contextlib.contextmanager
+def progress_prefix(text: str) -> Iterator[None]:
+    """Put ``text`` before the description of every bar made inside the block."""
+    global _prefix
+    old, _prefix = _prefix, text
+    try:
+        yield
+    finally:
+        _prefix = old
+
 
 def progress_enabled(requested: bool | None = None) -> bool:
-    """Whether to draw bars: an explicit request wins, then ``ALOE_PROGRESS=0/1``, then "is stderr a terminal"."""
+    """Whether to show progress: an explicit request wins, then ``ALOE_PROGRESS=0/1``.
+
+    Otherwise progress is shown when the CLI runs (a run log is open) or standard output is a terminal.
+    """
     if requested is not None:
         return requested
     env = os.environ.get("ALOE_PROGRESS")
     if env is not None:
         return env not in {"0", "false", "no", ""}
-    return sys.stderr.isatty()
+    return log_open() or console().isatty()
 
 
-def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, **kwargs) -> Iterator[T]:
-    """Wrap ``iterable`` in a tqdm bar when enabled (keyword arguments go to tqdm)."""
+def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, **kwargs: Any) -> Iterator[T]:
+    """Iterate ``iterable`` with a progress display (keyword arguments: ``total``, ``desc``, ``unit``)."""
     if not progress_enabled(enabled):
         yield from iterable
         return
-    from tqdm.auto import tqdm
+    if "total" not in kwargs:
+        with contextlib.suppress(TypeError):
+            kwargs["total"] = len(iterable)  # type: ignore[arg-type]
+    bar = make_bar(enabled=True, **kwargs)
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
 
-    yield from tqdm(iterable, dynamic_ncols=True, **kwargs)
 
-
-def make_bar(*, enabled: bool | None = None, **kwargs):
-    """A manually updated tqdm bar, or a no-op stand-in when disabled."""
+def make_bar(
+    *, enabled: bool | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kwargs: Any
+):
+    """A manually updated progress display: tqdm on a terminal, :class:`LineProgress` elsewhere, or a no-op."""
     if not progress_enabled(enabled):
         return _NullBar()
-    from tqdm.auto import tqdm
+    desc = _prefix + desc
+    out = console()
+    if out.isatty():
+        return _TerminalBar(out.stream, total=total, desc=desc, unit=unit, **kwargs)
+    return LineProgress(total=total, desc=desc, unit=unit)
 
-    return tqdm(dynamic_ncols=True, **kwargs)
+
+def _postfix_item(key: str, value: Any) -> str:
+    """``ok=4`` -> ``4 ok``; ``per_s="8.0"`` -> ``8.0/s``; ``element="Cu"`` -> ``element Cu``."""
+    if key == "per_s":
+        return f"{value}/s"
+    if isinstance(value, int | float) or (isinstance(value, str) and value.replace(",", "").isdigit()):
+        return f"{value} {key}"
+    return f"{key} {value}"
+
+
+def _plural(unit: str) -> str:
+    unit = unit.strip() or "item"
+    if unit.endswith("y") and not unit.endswith(("ay", "ey", "oy")):
+        return unit[:-1] + "ies"
+    return unit if unit.endswith("s") else unit + "s"
+
+
+class LineProgress:
+    """Progress as plain lines: after an update at most every :data:`LINE_INTERVAL` s, and one at the close.
+
+    Has the parts of tqdm's API that aloe uses (``update``, ``set_postfix``, ``set_postfix_str``, ``close``).
+    """
+
+    def __init__(
+        self, total: int | None, desc: str, unit: str = "it", interval: float = LINE_INTERVAL
+    ) -> None:
+        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.n = 0
+        self.postfix = ""
+        self.started = self.last = time.monotonic()
+        self.closed = False
+        self._written_at: int | None = None
+        self._lock = threading.Lock()
+
+    def line(self) -> str:
+        """The current progress line."""
+        count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
+        parts = [f"{self.desc}: {count} {_plural(self.unit)}"]
+        if self.postfix:
+            parts.append(self.postfix)
+        parts.append(format_seconds(time.monotonic() - self.started))
+        return ", ".join(parts)
+
+    def _maybe_write(self, force: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            # the last line is left to close(): a stage sets its final counts after the last update
+            done = self.total is not None and self.n >= self.total
+            if force or (not done and now - self.last >= self.interval):
+                echo(self.line())
+                self.last = now
+                self._written_at = self.n
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done."""
+        self.n += n
+        self._maybe_write()
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Shown after the progress: counts as ``4 ok, 0 failed``, other values as ``element Cu``."""
+        items = dict(*args, **kwargs)
+        self.postfix = ", ".join(_postfix_item(key, value) for key, value in items.items())
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """Free text after the progress (the train stage's epochs); written when a line is due."""
+        self.postfix = text
+        self._maybe_write()
+
+    def close(self) -> None:
+        """Write the final line."""
+        if self.closed:
+            return
+        self.closed = True
+        self._maybe_write(force=True)
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TerminalBar:
+    """tqdm on the terminal; its final state also goes to the run log as one line."""
+
+    def __init__(self, stream: Any, total: int | None, desc: str, unit: str, **kwargs: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, **kwargs)
+        self._line = LineProgress(total, desc, unit)
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done."""
+        self._bar.update(n)
+        self._line.n += n
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Counts after the bar."""
+        self._bar.set_postfix(*args, **kwargs)
+        self._line.set_postfix(*args, **kwargs)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """Free text after the bar."""
+        self._bar.set_postfix_str(text, refresh=refresh)
+        self._line.postfix = text
+
+    def close(self) -> None:
+        """Close the bar (tqdm leaves it on screen) and log its final state."""
+        self._bar.close()
+        logging.getLogger("aloe").info(self._line.line())
+
+    def __enter__(self) -> _TerminalBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _NullBar:
@@ -45,7 +205,10 @@ class _NullBar:
     def update(self, n: int = 1) -> None:
         """Ignore an update."""
 
-    def set_postfix(self, *args, **kwargs) -> None:
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Ignore a postfix."""
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
         """Ignore a postfix."""
 
     def close(self) -> None:
@@ -54,5 +217,5 @@ class _NullBar:
     def __enter__(self) -> _NullBar:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None

@@ -94,8 +94,11 @@ def generate_command(
 
         if settings.output is None:
             settings = settings.model_copy(update={"output": default_run_dir("generate")})
-        announce_run_folder(settings.output)
-        result = generate(settings, command=invocation(ctx))
+        from aloe.logs import run_log
+
+        with run_log(settings.output, command=invocation(ctx)):  # library output to the run folder's aloe.log
+            announce_run_folder(settings.output)
+            result = generate(settings, command=invocation(ctx))
         c = result.counts
         typer.echo(
             f"wrote {c['candidates_written']:,} candidates in {c['chunks_written']} chunks "

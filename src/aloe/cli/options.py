@@ -95,21 +95,30 @@ def run_stage(
     verb: str,
     stage: Any,
 ) -> Any:
-    """Build a stage's settings (config file + options), name its run folder, announce it, run the stage."""
+    """Build a stage's settings (config file + options), name its run folder, announce it, run the stage.
+
+    The stage runs inside the run folder's log (:func:`aloe.logs.run_log`): library warnings and output go to
+    ``aloe.log`` there, the terminal shows aloe's messages and progress.
+    """
+    from aloe.logs import run_log
     from aloe.runs import default_run_dir
     from aloe.settings import build_settings
 
     settings = build_settings(model, config, overrides, verb=verb)
     if settings.output is None:
         settings = settings.model_copy(update={"output": default_run_dir(verb)})
-    announce_run_folder(settings.output)
-    return stage(settings, command=invocation(ctx))
+    command = invocation(ctx)
+    with run_log(settings.output, command=command):
+        announce_run_folder(settings.output)
+        return stage(settings, command=command)
 
 
 def announce_run_folder(path: Path) -> None:
     """Print the run folder before a long stage starts, and remember it for the interrupt message."""
+    from aloe.logs import LOG_FILE, echo, log_open
+
     _CURRENT_RUN["path"] = Path(path)
-    typer.echo(f"run folder: {path}")
+    echo(f"run folder: {path}" + (f" (log: {Path(path) / LOG_FILE})" if log_open() else ""))
 
 
 @contextlib.contextmanager

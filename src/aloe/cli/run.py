@@ -12,6 +12,7 @@ from aloe.cli.options import (
     ProgressOption,
     SetOption,
     announce_run_folder,
+    invocation,
     parse_sets,
     user_errors,
 )
@@ -23,6 +24,7 @@ HELP = (
 
 
 def run_command(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Loop config (YAML), e.g. examples/quickstart.yaml.")],
     iterations: Annotated[int | None, typer.Option(help="Iterations (overrides run.iterations).")] = None,
     output: OutputOption = None,
@@ -31,6 +33,7 @@ def run_command(
 ) -> None:
     """Run the active-learning loop."""
     with user_errors():
+        from aloe.logs import echo, run_log
         from aloe.loop.loop import load_run_config, run_loop
         from aloe.runs import default_run_dir
 
@@ -46,23 +49,24 @@ def run_command(
         if config_model.run.output is None:
             run = config_model.run.model_copy(update={"output": default_run_dir("run")})
             config_model = config_model.model_copy(update={"run": run})
-        announce_run_folder(config_model.run.output)
-        result = run_loop(config_model)
-        typer.echo(f"{result.stopped}")
-        for record in result.iterations:
-            scr = record.get("screen", {}).get("counts", {})
-            lab = record.get("label", {}).get("counts", {})
-            typer.echo(
-                f"iteration {record['iteration']}: screened {scr.get('structures', 0)}, selection rate "
-                f"{scr.get('selection_rate', 0):.1%}, labelled {lab.get('labelled', 0)} "
-                f"({lab.get('failed', 0)} failed)"
-            )
-        if result.report_path is not None:
-            typer.echo(f"report: {result.report_path}")
-            html = result.report_path.with_suffix(".html")
-            if html.exists():
-                typer.echo(f"report (HTML): {html}")
-        typer.echo(f"summary: {result.summary_path}")
+        with run_log(config_model.run.output, command=invocation(ctx)):
+            announce_run_folder(config_model.run.output)
+            result = run_loop(config_model)
+            echo(f"{result.stopped}")
+            for record in result.iterations:
+                scr = record.get("screen", {}).get("counts", {})
+                lab = record.get("label", {}).get("counts", {})
+                echo(
+                    f"[iter {record['iteration'] + 1}/{config_model.run.iterations}] screened {scr.get('structures', 0)}, selection rate "
+                    f"{scr.get('selection_rate', 0):.1%}, labelled {lab.get('labelled', 0)} "
+                    f"({lab.get('failed', 0)} failed)"
+                )
+            if result.report_path is not None:
+                echo(f"report: {result.report_path}")
+                html = result.report_path.with_suffix(".html")
+                if html.exists():
+                    echo(f"report (HTML): {html}")
+            echo(f"summary: {result.summary_path}")
 
 
 __all__ = ["HELP", "run_command"]

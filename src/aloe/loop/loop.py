@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from aloe.errors import AloeError
 from aloe.loop.settings import STAGES, LoopSettings, RunConfig
-from aloe.runs import default_run_dir, package_versions, write_yaml_atomic
+from aloe.runs import claim_folder, default_run_dir, package_versions, write_yaml_atomic
 from aloe.settings import format_validation_error
 
 CONFIG_FILE = "config.yaml"
@@ -53,7 +54,9 @@ class LoopRun:
         self.config = config
         self.settings: LoopSettings = config.run
         self.path = run_dir
-        self.path.mkdir(parents=True, exist_ok=True)
+        # Locked while the loop works here; each stage locks its own sub-folder as well (separate lock files).
+        self._claim = claim_folder(self.path, CONFIG_FILE, "aloe run")
+        weakref.finalize(self, self._claim.release)
         self._check_config()
         self.state: dict[str, Any] = self._load_state()
 
@@ -105,23 +108,23 @@ class LoopRun:
 
     def validate_sections(self) -> None:
         """Validate every stage section before anything runs (a typo must not surface after an hour of DFT)."""
-        placeholders = {
-            "generate": {},
-            "screen": {"input": ".", "committee": ["placeholder"]},
-            "select": {"input": "."},
-            "label": {"input": "."},
-            "train": {"inputs": ["."]},
-        }
-        for stage in STAGES:
-            self._stage_settings(stage, 0, **placeholders[stage])
+        validate_stage_sections(self.config)
 
     def run_stage(self, it: int, stage: str, settings: Any) -> dict[str, Any]:
         """Run (or resume) one stage unless it finished before; returns its recorded outcome."""
+        from aloe.logs import echo, format_seconds
+        from aloe.loop.report import stage_headline
+        from aloe.progress import progress_prefix
+
+        tag = f"[iter {it + 1}/{self.settings.iterations}]"
         info = self.done(it, stage)
         if info is not None:
+            echo(f"{tag} {stage}: finished in an earlier run ({stage_headline(stage, info['counts'])})")
             return info
+        echo(f"{tag} {stage} ... ({self.stage_dir(it, stage)})")
         t0 = time.perf_counter()
-        result = _stage_function(stage)(settings, command=f"aloe run (iteration {it}, {stage})")
+        with progress_prefix(f"{tag} "):
+            result = _stage_function(stage)(settings, command=f"aloe run (iteration {it}, {stage})")
         info = {
             "folder": str(self.stage_dir(it, stage).relative_to(self.path)),
             "summary": str(Path(result.summary_path).relative_to(self.path)),
@@ -129,6 +132,10 @@ class LoopRun:
             "counts": _plain(result.counts),
         }
         self._mark(it, stage, info)
+        echo(
+            f"{tag} {stage}: done in {format_seconds(info['seconds'])} "
+            f"({stage_headline(stage, info['counts'])})"
+        )
         return info
 
     def committee_for(self, it: int) -> list[str]:
@@ -176,7 +183,12 @@ class LoopRun:
                 data.update(
                     {"inputs": [str(p) for p in s.seed_dataset], "seed": s.seed, "output": str(seed_train)}
                 )
-                train(TrainSettings.model_validate(data), command="aloe run (seed committee)")
+                from aloe.logs import echo
+                from aloe.progress import progress_prefix
+
+                echo(f"[seed] train: the first committee, on run.seed_dataset ({seed_train})")
+                with progress_prefix("[seed] "):
+                    train(TrainSettings.model_validate(data), command="aloe run (seed committee)")
         iterations: list[dict[str, Any]] = []
         for it in range(s.iterations):
             record: dict[str, Any] = {"iteration": it}
@@ -265,10 +277,53 @@ def run_loop(config: RunConfig) -> LoopResult:
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a loop config (YAML with sections run, generate, screen, select, label, train)."""
+    """Read a loop config (YAML with sections run, generate, screen, select, label, train) and validate it.
+
+    Raises
+    ------
+    AloeError
+        One line naming the file, the section and the key of the first unknown or ill-typed setting (every stage
+        section is checked here, before any folder or file is written).
+    """
     from aloe.settings import build_settings
 
-    return build_settings(RunConfig, path, overrides)
+    config = build_settings(RunConfig, path, overrides)
+    validate_stage_sections(config, str(path))
+    return config
+
+
+#: Values the loop fills in for each stage (inputs, committee), as stand-ins while a section is validated.
+_PLACEHOLDERS: dict[str, dict[str, Any]] = {
+    "generate": {},
+    "screen": {"input": ".", "committee": ["placeholder"]},
+    "select": {"input": "."},
+    "label": {"input": "."},
+    "train": {"inputs": ["."]},
+}
+
+
+def validate_stage_sections(config: RunConfig, source: str | None = None) -> None:
+    """Validate every stage section of ``config`` with its stage's settings model (nothing is written).
+
+    Parameters
+    ----------
+    config
+        The loop config.
+    source
+        The config file, named in the message.
+
+    Raises
+    ------
+    AloeError
+        ``<file>: section '<stage>': key '<key>': <problem>`` for the first section that does not validate.
+    """
+    where = f"{source}: section" if source else "config section"
+    for stage in STAGES:
+        data = {**getattr(config, stage), **_PLACEHOLDERS[stage], "output": None}
+        try:
+            _settings_model(stage).model_validate(data)
+        except ValidationError as exc:
+            raise AloeError(format_validation_error(exc, f"{where} '{stage}'")) from None
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

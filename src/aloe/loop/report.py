@@ -39,7 +39,7 @@ def iteration_lines(loop: LoopRun, it: int, record: dict[str, Any], image_prefix
         if info is None:
             lines.append(f"| {stage} | - | not run |")
             continue
-        lines.append(f"| {stage} | {info['seconds']:.1f} | {_headline(stage, info['counts'])} |")
+        lines.append(f"| {stage} | {info['seconds']:.1f} | {stage_headline(stage, info['counts'])} |")
     lines.append("")
     screen = record.get("screen")
     if screen:
@@ -74,7 +74,8 @@ def iteration_lines(loop: LoopRun, it: int, record: dict[str, Any], image_prefix
     return lines
 
 
-def _headline(stage: str, c: dict[str, Any]) -> str:
+def stage_headline(stage: str, c: dict[str, Any]) -> str:
+    """One line of what a stage did, from its counts (``60 screened, 12 selected``)."""
     if stage == "generate":
         return f"{c.get('candidates_in_shard', c.get('candidates', '?'))} candidates"
     if stage == "screen":
