@@ -7,7 +7,12 @@ import pytest
 
 from aloe.errors import AloeError
 from aloe.prototypes import distinct_occupations, load_prototypes, parse_weight_from_name
-from aloe.prototypes.library import read_weight_table, shortest_periodic_distances
+from aloe.prototypes.library import (
+    Prototype,
+    read_weight_table,
+    shortest_periodic_distances,
+    wrap_fractional,
+)
 from tests.conftest import CSCL, ROCKSALT
 
 
@@ -101,6 +106,62 @@ def test_cif_file_loads(tmp_path):
     s.to(filename=str(tmp_path / "cscl.cif"))
     lib = load_prototypes(tmp_path / "cscl.cif")
     assert lib[0].name == "cscl" and lib[0].n_sites == 2
+
+
+def test_wrap_fractional_moves_sites_only_by_whole_lattice_vectors():
+    rng = np.random.default_rng(5)
+    # Random values, values just below 1 and 0, whole numbers and tiny negatives that round onto 1.0.
+    x = np.concatenate(
+        [
+            rng.uniform(-3.0, 3.0, 3000),
+            1.0 - rng.uniform(0.0, 2e-5, 200),
+            np.nextafter(np.arange(-2.0, 3.0), -np.inf),
+            np.arange(-2.0, 3.0),
+            [-0.0, -1e-17, -(2.0**-54), -(2.0**-53), 0.99999238, 0.9999999999999999],
+        ]
+    )
+    wrapped = wrap_fractional(x)
+    assert np.all((wrapped >= 0.0) & (wrapped < 1.0))
+    shift = x - wrapped
+    assert np.abs(shift - np.round(shift)).max() <= 2**-52  # whole lattice vectors, to round-off
+    inside = (x >= 0.0) & (x < 1.0)
+    assert np.array_equal(wrapped[inside], x[inside])  # already inside: kept bit for bit
+    # numpy's own modulo (what pymatgen's to_unit_cell uses) agrees wherever it stays below 1.
+    ref = np.mod(x, 1.0)
+    assert np.array_equal(wrapped[ref < 1.0], ref[ref < 1.0])
+    assert np.all(wrapped[ref == 1.0] == 0.0) and np.any(ref == 1.0)
+
+
+def test_from_structure_keeps_coordinates_as_read():
+    from pymatgen.core import Lattice, Structure
+
+    frac = np.array(
+        [[0.0, 0.0, 0.0], [0.99999238, 0.5, 0.99999999], [0.25, 1.25, -0.25], [-1e-17, 0.5, 0.75]]
+    )
+    structure = Structure(Lattice.from_parameters(3.1, 3.4, 4.2, 85, 95, 100), ["H", "He", "He", "H"], frac)
+    proto = Prototype.from_structure(structure, "test")
+    expected = [[0.0, 0.0, 0.0], [0.99999238, 0.5, 0.99999999], [0.25, 0.25, 0.75], [0.0, 0.5, 0.75]]
+    assert proto.frac_coords.tolist() == expected
+    # Every site is where pymatgen has it, modulo lattice vectors: the same periodic distances.
+    d = shortest_periodic_distances(proto.lattice, proto.frac_coords, cutoff=9.0)
+    centers, neighbors, _, dist = structure.get_neighbor_list(9.0)
+    for i in range(len(structure)):
+        for j in range(len(structure)):
+            assert d[i, j] == pytest.approx(dist[(centers == i) & (neighbors == j)].min(), abs=1e-12)
+
+
+def test_published_coordinates_just_below_one_are_kept(published_dir):
+    from pymatgen.core import Structure
+
+    lib = load_prototypes(published_dir)
+    near_one = 0
+    for proto in lib:
+        as_read = Structure.from_file(proto.source).frac_coords  # what the MP-ALOE reference code reads
+        # The published files hold coordinates in [0, 1) only, so aloe must keep every one bit for bit.
+        assert np.all((as_read >= 0.0) & (as_read < 1.0)), proto.name
+        assert np.array_equal(proto.frac_coords, as_read), proto.name
+        near_one += bool(np.any(as_read > 1.0 - 1e-5))
+    assert near_one >= 10  # e.g. proto527 (0.99999238) and proto642: the case np.isclose used to move
 
 
 def test_shortest_periodic_distances_by_hand():

@@ -3,24 +3,29 @@
 This module is **slow on purpose**. It follows the MP-ALOE reference code step by step, one candidate at a
 time, with pymatgen ``Structure`` operations:
 
-1. copy the placeholder prototype, permute its placeholders (``replace_species``) by the occupation, then
-   replace the placeholders by the combination's elements in Z order (``replace_species`` again);
+1. read the placeholder prototype as the reference code does (``Structure.from_file``: coordinates exactly as
+   written in the file, none moved or wrapped; see :func:`read_prototype`), permute its placeholders
+   (``replace_species``) by the occupation, then replace the placeholders by the combination's elements in Z
+   order (``replace_species`` again);
 2. lattice guess: ``get_neighbor_list(cutoff)``, the minimum distance of each site pair (self images
    included), ``s = factor * max_ij (r_i + r_j) / d_ij`` and ``scale_lattice(s**3 * volume)``;
 3. one ``translate_sites(i, vector)`` per site (fractional, wrapped into the cell);
 4. six strains, each a pymatgen ``Strain`` turned into a ``Deformation`` by
    ``get_deformation_matrix(shape="upper")`` and applied with ``DeformStructureTransformation``.
 
-Only the random numbers are shared with :class:`~aloe.generate.space.CandidateSpace`: the same uniforms from
-the space's perturbation stream, turned into truncated normals here with ``scipy.stats.truncnorm.ppf``.
-Everything else is computed independently, so :func:`build_reference` both checks the vectorised path and
-times the per-structure one.
+Only the random numbers and the numbering are shared with :class:`~aloe.generate.space.CandidateSpace`: the
+same uniforms from the space's perturbation stream, turned into truncated normals here with
+``scipy.stats.truncnorm.ppf``, and the space's distinct occupations. Everything else is computed independently,
+starting from the prototype file itself rather than from aloe's :class:`~aloe.prototypes.library.Prototype`, so
+:func:`build_reference` both checks the vectorised path (including how aloe reads and wraps prototype
+coordinates) and times the per-structure one.
 """
 
 from __future__ import annotations
 
 import warnings
 from math import comb
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +35,8 @@ from aloe.generate.space import _PERTURB_STREAM, PERTURB_BLOCK, CandidateSpace
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
+
+    from aloe.prototypes.library import Prototype
 
 #: Voigt order of the six strain components (xx, yy, zz, yz, xz, xy), as in MP-ALOE.
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -70,6 +77,39 @@ def unrank_combination(rank: int, n: int, k: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def read_prototype(proto: Prototype) -> Structure:
+    """The placeholder prototype as the MP-ALOE reference code holds it: ``Structure.from_file`` of its file.
+
+    The reference code reads each prototype with ``Structure.from_file`` and uses its coordinates as written:
+    none is wrapped, rounded or moved (``0.9999924`` stays ``0.9999924``). Prototypes without a file (the
+    built-in AFLOW library, ``source="aflow:..."``) fall back to :meth:`Prototype.to_structure`.
+
+    Raises
+    ------
+    ValueError
+        When the file no longer holds the prototype aloe loaded (other species, site count or sites).
+
+    """
+    from pymatgen.core import Structure
+
+    path = Path(proto.source) if proto.source else None
+    if path is None or not path.is_file():
+        return proto.to_structure()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure = Structure.from_file(path)
+    species = [site.specie.symbol for site in structure]
+    same = species == [proto.placeholders[k] for k in proto.placeholder_index]
+    if same:
+        # Only a coarse identity check (1e-3, modulo whole lattice vectors): an edited file is refused, while any
+        # fine difference between aloe's reading and this one is left for the parity comparison to report.
+        delta = np.asarray(structure.frac_coords) - proto.frac_coords
+        same = bool(np.abs(delta - np.round(delta)).max() <= 1e-3)
+    if not same:
+        raise ValueError(f"{path}: the file no longer holds prototype {proto.name!r} as loaded")
+    return structure
+
+
 def _substitute(space: CandidateSpace, proto_index: int, combination: int, occupation: int) -> Structure:
     """Substitute the elements into the placeholder prototype (two ``replace_species``, as the reference)."""
     from pymatgen.core import Element
@@ -80,7 +120,7 @@ def _substitute(space: CandidateSpace, proto_index: int, combination: int, occup
     positions = unrank_combination(combination, len(space.elements), arity)
     symbols = [space.elements[pos] for pos in positions]  # Z order
     perm = [int(x) for x in space.occupations[proto_index][occupation]]
-    structure = proto.to_structure().copy()
+    structure = read_prototype(proto)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The occupation permutes the placeholders (simultaneous mapping), ...
@@ -172,4 +212,4 @@ def reference_numbers(structure: Structure) -> list[int]:
     return [int(site.specie.Z) for site in structure]
 
 
-__all__ = ["build_reference", "reference_numbers", "unrank_combination"]
+__all__ = ["build_reference", "read_prototype", "reference_numbers", "unrank_combination"]

@@ -41,6 +41,35 @@ def parse_weight_from_name(name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def wrap_fractional(frac_coords: np.ndarray) -> np.ndarray:
+    """Fractional coordinates moved into ``[0, 1)`` by whole lattice vectors only.
+
+    A coordinate already in ``[0, 1)`` is returned unchanged, bit for bit (``0.9999924`` stays ``0.9999924``, as
+    the MP-ALOE reference code, which reads prototypes with pymatgen, keeps it). Others move by an integer:
+    ``x - floor(x)`` is exact for ``x >= 1`` (Sterbenz), and for ``x < 0`` it is ``x + k`` rounded to the nearest
+    double, so every site keeps its Cartesian position modulo the lattice vectors (to float round-off at worst).
+    A tiny negative ``x`` (``|x| <= 2**-54``) rounds to exactly ``1.0``: the same point as ``0.0``, so it becomes
+    ``0.0``. Nothing else is changed, unlike ``np.isclose(x, 1.0)``, whose relative tolerance would also move
+    sites that lie up to 1e-5 below 1.
+
+    Parameters
+    ----------
+    frac_coords
+        Shape ``(n, 3)`` (any shape works).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float array of the same shape with every value in ``[0, 1)``.
+
+    """
+    frac = np.array(frac_coords, dtype=float)
+    frac = frac - np.floor(frac)
+    # Only a negative x within 2**-54 of 0 lands on 1.0 here (x >= 0 gives x - floor(x) < 1 exactly): a true wrap.
+    frac[frac == 1.0] = 0.0
+    return frac
+
+
 def shortest_periodic_distances(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> np.ndarray:
     """Shortest periodic distance between every pair of sites, self-images included.
 
@@ -193,8 +222,7 @@ class Prototype:
             raise AloeError("zero cell volume (degenerate lattice)")
         if volume < 0:
             raise AloeError(f"negative cell volume {volume:.4g} A^3 (left-handed lattice vectors)")
-        frac = np.mod(np.array(structure.frac_coords, dtype=float), 1.0)
-        frac[np.isclose(frac, 1.0)] = 0.0
+        frac = wrap_fractional(structure.frac_coords)
         n = len(frac)
         spacing = (volume / n) ** (1.0 / 3.0)
         dist = shortest_periodic_distances(lattice, frac, cutoff=max(spacing * 3, 1e-6))
