@@ -57,7 +57,8 @@ MAX_SITES = 8
 MATCHER_TOLERANCES: dict[str, float] = {"ltol": 0.1, "stol": 0.15, "angle_tol": 3.0}
 
 #: Bump when the conversion changes, so that old cache files are rebuilt rather than trusted.
-CACHE_FORMAT = 1
+#: 2: coordinates just below 1 are kept as read (format 1 set those within np.isclose of 1 to 0).
+CACHE_FORMAT = 2
 
 #: Environment variable that overrides the cache directory.
 CACHE_ENV = "ALOE_CACHE_DIR"
