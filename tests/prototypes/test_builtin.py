@@ -200,7 +200,7 @@ def test_second_call_is_served_from_cache(tmp_path, monkeypatch, library):
         lambda text: "{not json at all",
         lambda text: text[: len(text) // 2],
         lambda text: "[]",
-        lambda text: text.replace('"format": 1', '"format": -1'),
+        lambda text: text.replace(f'"format": {builtin_module.CACHE_FORMAT}', '"format": -1'),
         lambda text: text.replace('"placeholder_index": [0', '"placeholder_index": [7', 1),
     ],
     ids=["garbage", "truncated", "wrong-type", "stale-format", "bad-prototype"],
