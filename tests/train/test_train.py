@@ -125,6 +125,56 @@ def test_mp0a_large_preset_is_exactly_design_md():
         True,
     )
     assert (ns.energy_weight, ns.forces_weight, ns.stress_weight) == (1.0, 10.0, 100.0)
+    # MP-ALOE trained for 100 epochs (not the MACE-MP-0 script's 200); patience stays a quarter of the run.
+    assert opts["max_num_epochs"] == 100 and opts["patience"] == 25
+    assert (ns.max_num_epochs, ns.patience) == (100, 25)
+
+
+def test_mp0a_large_preset_keeps_the_mace_mp0_script_flags():
+    # The remaining flags of ACEsuit/mace-mp mace_mp_0/2024-01-07-mace-128-L2.sh, as published.
+    script = {
+        "model": "ScaleShiftMACE",
+        "interaction_first": "RealAgnosticResidualInteractionBlock",
+        "interaction": "RealAgnosticResidualInteractionBlock",
+        "max_ell": 3,
+        "MLP_irreps": "16x0e",
+        "scaling": "rms_forces_scaling",
+        "loss": "universal",
+        "compute_stress": True,
+        "weight_decay": 1e-8,
+        "scheduler_patience": 5,
+        "valid_batch_size": 32,
+        "clip_grad": 100.0,
+    }
+    opts = TrainSettings().preset_options()
+    assert {k: opts[k] for k in script} == script
+
+
+@pytest.mark.slow
+def test_mp0a_large_preset_has_the_papers_parameter_count():
+    """mace-torch's own model builder, given the preset for the 89 MP-ALOE elements: 5,725,072 parameters."""
+    from aloe.elements import symbol_to_z, universe
+    from aloe.train.mace_args import format_args, validate_argv
+
+    ns = validate_argv(
+        format_args({**TrainSettings().preset_options(), "name": "m"})
+    )  # makes e3nn importable
+    from mace.tools import check_args
+    from mace.tools.model_script_utils import configure_model
+    from mace.tools.utils import AtomicNumberTable
+
+    args, _ = check_args(ns)
+    # What run_train sets before building a plain energy/forces/stress model; mean/std skip the data statistics
+    # (scale and shift are buffers, not parameters).
+    args.compute_energy, args.compute_dipole, args.compute_polarizability = True, False, False
+    args.mean, args.std = 0.0, 1.0
+    zs = sorted(symbol_to_z(s) for s in universe())
+    assert len(zs) == 89
+    model, _ = configure_model(
+        args, None, np.zeros((1, 89)), heads=["Default"], z_table=AtomicNumberTable(zs)
+    )
+    assert type(model).__name__ == "ScaleShiftMACE"
+    assert sum(p.numel() for p in model.parameters()) == 5_725_072
 
 
 def test_every_preset_parses_with_mace_and_overrides_apply():
