@@ -198,7 +198,7 @@ def test_published_prototypes_with_coordinates_just_below_one(near_one_space):
 
 @pytest.mark.slow
 def test_every_published_prototype(published_library):
-    """One candidate of each of the 817 published prototypes (about 35 s: occupations of all, then 821 builds)."""
+    """One candidate of each of the 817 published prototypes (35-50 s on 2 cores: occupations of all, 821 builds)."""
     space = CandidateSpace(published_library)
     indices = one_per_prototype(space, seed=7)
     assert len(space.library) == 817 and len(indices) >= 817

@@ -24,6 +24,7 @@ coordinates) and times the per-structure one.
 from __future__ import annotations
 
 import warnings
+from functools import lru_cache
 from math import comb
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,12 +78,24 @@ def unrank_combination(rank: int, n: int, k: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=1024)
+def _read_structure(path: str, mtime_ns: int, size: int) -> Structure:
+    """``Structure.from_file``, once per file version (the reference code reads each prototype file once)."""
+    from pymatgen.core import Structure
+
+    del mtime_ns, size  # only part of the cache key: an edited file is read again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Structure.from_file(path)
+
+
 def read_prototype(proto: Prototype) -> Structure:
     """The placeholder prototype as the MP-ALOE reference code holds it: ``Structure.from_file`` of its file.
 
     The reference code reads each prototype with ``Structure.from_file`` and uses its coordinates as written:
     none is wrapped, rounded or moved (``0.9999924`` stays ``0.9999924``). Prototypes without a file (the
-    built-in AFLOW library, ``source="aflow:..."``) fall back to :meth:`Prototype.to_structure`.
+    built-in AFLOW library, ``source="aflow:..."``) fall back to :meth:`Prototype.to_structure`. Each call
+    returns a new structure (a copy of the file's, which is read once per version of the file).
 
     Raises
     ------
@@ -90,14 +103,11 @@ def read_prototype(proto: Prototype) -> Structure:
         When the file no longer holds the prototype aloe loaded (other species, site count or sites).
 
     """
-    from pymatgen.core import Structure
-
     path = Path(proto.source) if proto.source else None
     if path is None or not path.is_file():
         return proto.to_structure()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        structure = Structure.from_file(path)
+    stat = path.stat()
+    structure = _read_structure(str(path), stat.st_mtime_ns, stat.st_size).copy()
     species = [site.specie.symbol for site in structure]
     same = species == [proto.placeholders[k] for k in proto.placeholder_index]
     if same:
