@@ -104,7 +104,7 @@ def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
         for r in range(len(rows)):
             structures.append(rows.to_structure(r))
             ids.append(int(rows.index[r]))
-    outcomes = {}
+    outcomes, details = {}, {}
     t0 = time.perf_counter()
     for idx, structure in zip(ids, structures, strict=True):
         atoms = AseAtomsAdaptor().get_atoms(structure)
@@ -133,6 +133,13 @@ def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
         med_e = np.median(df["energy"])
         med_f = np.median([max(np.linalg.norm(f, axis=1)) for f in df["forces"]])
         med_s = np.median([abs(np.mean(s[0:3])) for s in df["stress"]])
+        details[idx] = {
+            "formula": structure.composition.reduced_formula,
+            "n_atoms": len(structure),
+            "formation_energy": df["energy"].to_list(),
+            "disagreement": (e_dis, f_dis, s_dis),
+            "median": (med_e, med_f, med_s),
+        }
         if med_e > 0.25 or med_f > 50 or med_s > 0.5:
             outcomes[idx] = "discarded"
             continue
@@ -154,6 +161,7 @@ def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
         "seconds": seconds,
         "per_s": len(ids) / seconds,
         "outcomes": outcomes,
+        "details": details,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -179,8 +187,9 @@ def aloe_screen(run: Path, work: Path, refs_file: Path, workers: int, name: str)
     t0 = time.perf_counter()
     result = screen(settings)
     seconds = time.perf_counter() - t0
-    table = read_metrics(result.run_dir, ["index", "outcome"])
+    table = read_metrics(result.run_dir, ["index", "outcome", *_DETAIL_COLUMNS])
     outcomes = dict(zip(table.column("index").to_pylist(), table.column("outcome").to_pylist(), strict=True))
+    details = {row["index"]: row for row in table.select(["index", *_DETAIL_COLUMNS]).to_pylist()}
     t = result.timings
     return {
         "structures": result.counts["structures"],
@@ -192,8 +201,76 @@ def aloe_screen(run: Path, work: Path, refs_file: Path, workers: int, name: str)
         "share_inside_models": t["inside_models"] / t["chunk_work"],
         "startup_seconds": seconds - t["screen"],
         "outcomes": outcomes,
+        "details": details,
         "counts": result.counts["outcomes"],
     }
+
+
+_DETAIL_COLUMNS = [
+    "energy_disagreement",
+    "force_disagreement",
+    "stress_disagreement",
+    "energy_threshold",
+    "force_threshold",
+    "stress_threshold",
+    "median_formation_energy",
+    "median_max_force",
+    "median_normal_stress",
+    "formation_energy",
+]
+#: The discard limits (medians over the models) of the reference code and of aloe's defaults.
+DISCARD = (0.25, 50.0, 0.5)
+
+
+def explain_disagreements(base: dict, fast: dict) -> list[dict]:
+    """One record per structure whose outcomes differ: which limit decided it, and by how much.
+
+    Of the criteria that can decide between the two outcomes (the three discard medians when one side discarded,
+    else the three disagreements), ``closest`` names the one whose baseline value is relatively nearest its limit;
+    the record gives its baseline and aloe value, the limit and ``margin = (value - limit) / limit``. ``max_formation_diff`` is the largest
+    per-model difference of formation energy per atom between the two paths: round-off (float32, ~1e-6 eV/atom) or a
+    real difference in predictions.
+    """
+    names = ["median formation energy", "median max |F|", "median |normal stress|"]
+    names += ["energy disagreement", "force disagreement", "stress disagreement"]
+    records = []
+    for idx in sorted(set(base["outcomes"]) & set(fast["outcomes"])):
+        if base["outcomes"][idx] == fast["outcomes"][idx]:
+            continue
+        b, a = base["details"][idx], fast["details"][idx]
+        thresholds = (a["energy_threshold"], a["force_threshold"], a["stress_threshold"])
+        limits = (*DISCARD, *thresholds)
+        base_values = (*b["median"], *b["disagreement"])
+        aloe_values = (
+            a["median_formation_energy"],
+            a["median_max_force"],
+            a["median_normal_stress"],
+            a["energy_disagreement"],
+            a["force_disagreement"],
+            a["stress_disagreement"],
+        )
+        margins = [(v - lim) / lim for v, lim in zip(base_values, limits, strict=True)]
+        # discarded on one side only: a discard median decided it; selected vs rejected: a disagreement did
+        deciding = [0, 1, 2] if "discarded" in (base["outcomes"][idx], fast["outcomes"][idx]) else [3, 4, 5]
+        closest = min(deciding, key=lambda k: abs(margins[k]))
+        records.append(
+            {
+                "index": idx,
+                "formula": b["formula"],
+                "n_atoms": b["n_atoms"],
+                "baseline": base["outcomes"][idx],
+                "aloe": fast["outcomes"][idx],
+                "max_formation_diff": float(
+                    np.max(np.abs(np.subtract(b["formation_energy"], a["formation_energy"])))
+                ),
+                "closest": names[closest],
+                "baseline_value": float(base_values[closest]),
+                "aloe_value": float(aloe_values[closest]),
+                "limit": float(limits[closest]),
+                "margin": float(margins[closest]),
+            }
+        )
+    return records
 
 
 def references(workers: int) -> dict[str, dict[str, float]]:
@@ -260,10 +337,24 @@ def main() -> None:
         f"(target < 10%: {'met' if overhead < 0.10 else 'NOT met'})"
     )
     print(f"agreement      {agree}/{len(common)} outcomes identical; aloe counts {fast['counts']}")
+    disagreements = explain_disagreements(base, fast)
+    if disagreements:
+        print(
+            "disagreements  (criterion nearest its limit in the baseline; margin = (value - limit) / limit;"
+        )
+        print("                dE = largest per-model formation-energy difference, eV/atom)")
+        for d in disagreements:
+            print(
+                f"  #{d['index']:<6} {d['formula']:<12} n={d['n_atoms']:<3} baseline {d['baseline']:<9} "
+                f"aloe {d['aloe']:<9} dE {d['max_formation_diff']:.1e}  {d['closest']}: "
+                f"{d['baseline_value']:.7g} vs {d['aloe_value']:.7g}, limit {d['limit']:.6g}, "
+                f"margin {d['margin']:+.1e}"
+            )
     print("=" * 78)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for d in (base, fast, single):
         d.pop("outcomes")
+        d.pop("details")
     RESULTS.write_text(
         json.dumps(
             {
@@ -272,6 +363,7 @@ def main() -> None:
                 "aloe_single_process": single,
                 "ratio": ratio,
                 "agreement": [agree, len(common)],
+                "disagreements": disagreements,
                 "n": args.n,
                 "workers": args.workers,
                 "reference_seconds": ref_seconds,
