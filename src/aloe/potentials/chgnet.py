@@ -5,7 +5,8 @@ CHGNet's own ``predict_graph`` is written for training: it takes forces and stre
 and walks the network backwards twice. For inference one backward pass is enough: :class:`CHGNetPotential` runs
 ``CHGNet._compute`` without forces or stress, then takes ONE ``autograd.grad`` of the batch's total energy with
 respect to every atom position and every strain, without ``create_graph``. The numbers equal
-``CHGNet.predict_structure(..., task="efs")`` to float32 round-off (tested) and come ~3x faster on CPU.
+``CHGNet.predict_structure(structure, task="efs")`` of each structure alone to float32 round-off (tested) and come
+~3x faster on CPU.
 
 One deliberate difference: chgnet 0.4.2 divides by the signed volume ``a . (b x c)``, so for a left-handed cell
 (negative triple product) its stress, also through ``CHGNetCalculator``, comes out with the wrong sign. aloe divides
@@ -17,11 +18,11 @@ per sub-batch through the ``shared`` scratch dict of :meth:`aloe.potentials.base
 
 Batch invariance (why a sub-batch may be split in two). ``CHGNet._compute`` runs its bond-graph layers
 (``BondConv``, ``AngleUpdate``) only ``if len(g.angle_bases) != 0`` -- a test on the WHOLE ``BatchedGraph``. A
-structure without angles (no two bonds shorter than the bond cutoff, 3 A, at one atom: e.g. KBr, RbCl or CsI at
-their experimental lattice constants) skips them when predicted alone, but not in a batch with any structure that
+structure without angles (no atom with two bonds shorter than the bond cutoff, 3 A: e.g. KBr, RbCl, CsI or PbTe
+near their experimental lattice constants) skips them when predicted alone, but not in a batch with any structure that
 has angles. Then ``BondConv`` also updates that structure's bonds: they receive no angle messages, so their update is
 ``mlp_out(0)``, which is 0 for 0.3.0 and r2scan but the bias of ``mlp_out`` for 0.2.0 (``CHGNet.load`` builds
-0.2.0 with ``mlp_out_bias=True``, cf. CHGNet issue #79): up to 0.16 eV/atom. The offsets of
+0.2.0 with ``mlp_out_bias=True``, cf. CHGNet issue #79): 0.1-0.2 eV/atom for those four. The offsets of
 ``BatchedGraph.from_graphs`` are correct; only this batch-global branch leaks. chgnet's own
 ``predict_structure(list)`` has the same fault. aloe predicts structures with and without angles in separate
 ``BatchedGraph`` s (:meth:`CHGNetPotential.invariant_groups`), each exactly what the structure gets alone, and only
