@@ -404,3 +404,154 @@ def test_a_broken_isolated_atom_does_not_reject_every_form():
     assert energy == pytest.approx(
         compute_reference(EMTPotential(), "Cu", ReferenceSettings(candidates=["fcc"]))[0]
     )
+
+
+# ---- guards while a form relaxes -------------------------------------------------------------------------------
+
+
+class Crusher(Potential):
+    """E = p V with no forces: a constant tensile stress that shrinks any cell without end; logs what it sees."""
+
+    def __init__(self, pressure: float = 0.05, sleep: float = 0.0) -> None:
+        self.name = "crusher"
+        self.pressure = pressure
+        self.sleep = sleep
+        self.volumes_seen: list[float] = []
+
+    def identity(self) -> str:
+        return "crusher@1"
+
+    def _predict_one(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        import time
+
+        time.sleep(self.sleep)
+        volume = abs(atoms.cell.volume)
+        self.volumes_seen.append(volume / len(atoms))
+        p = self.pressure
+        return p * volume, np.zeros((len(atoms), 3)), np.array([p, p, p, 0.0, 0.0, 0.0])
+
+
+def _sphere(cutoff: float) -> float:
+    return 4.0 / 3.0 * math.pi * cutoff**3
+
+
+def test_a_shrinking_cell_stops_before_the_model_sees_it_too_dense():
+    settings = ReferenceSettings(candidates=["fcc"], min_volume_ratio=0.01, max_binding=None)
+    potential = Crusher()
+    with pytest.raises(AloeError, match=r"crusher: no usable reference form for Cu \(fcc: stopped at step"):
+        compute_reference(potential, "Cu", settings)
+    # It did shrink (from Cu's 2 r start, ~79 neighbours), and the model never got a structure above the bound.
+    assert min(potential.volumes_seen) < 0.5 * potential.volumes_seen[0]
+    assert max(_sphere(6.0) / v for v in potential.volumes_seen) <= settings.max_neighbors
+
+
+class CrushedFccEMT(EMTPotential):
+    """EMT, except that 1-atom cells (the fcc form) are crushed as by :class:`Crusher`."""
+
+    def _predict_one(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        if len(atoms) == 1:
+            return Crusher()._predict_one(atoms)
+        return super()._predict_one(atoms)
+
+
+@pytest.mark.parametrize(
+    ("settings", "guard", "reason"),
+    [
+        (
+            ReferenceSettings(candidates=["fcc", "dimer"], min_volume_ratio=0.01),
+            "neighbors",
+            "too dense: about",
+        ),
+        (ReferenceSettings(candidates=["fcc", "dimer"]), "volume", "collapsed or exploded: volume per atom"),
+    ],
+)
+def test_a_stopped_form_is_recorded_and_the_others_still_count(settings, guard, reason):
+    energy, info = compute_reference(CrushedFccEMT(), "Cu", settings)
+    fcc, dimer = info["candidates"]["fcc"], info["candidates"]["dimer"]
+    assert fcc["stopped"] == guard and fcc["energy_per_atom"] is None
+    assert fcc["error"].startswith(f"stopped at step {fcc['steps']}: {reason}") and fcc["steps"] > 0
+    assert dimer["stopped"] is None and dimer["error"] is None
+    assert info["winner"] == "dimer" and energy == dimer["energy_per_atom"]
+    json.dumps(info, allow_nan=False)  # cacheable
+    # A plain EMT run is stopped by no guard.
+    _, plain = compute_reference(EMTPotential(), "Cu", settings)
+    assert all(c["stopped"] is None for c in plain["candidates"].values())
+
+
+def test_too_dense_starting_forms_never_reach_the_model():
+    """F's close-packed 2 r starts (nearest neighbours 1.0 A, ~1300 atoms within 6 A) are rejected at step 0."""
+    potential = EMTPotential()  # EMT has no F parameters: any call for these forms would raise
+    settings = ReferenceSettings(candidates=["fcc", "bcc", "hcp", "sc", "diamond"], max_binding=None)
+    with pytest.raises(AloeError) as caught:
+        compute_reference(potential, "F", settings)
+    assert potential.calls == 0
+    message = str(caught.value)
+    assert "fcc, hcp: stopped at step 0: too dense: about 1280 atoms within 6 A per atom" in message
+    assert "sc: stopped at step 0: too dense: about 905 atoms" in message
+
+
+def test_neighbour_estimate_matches_ase_neighbour_list():
+    """Density x sphere volume is close to the count of atoms within the cutoff (ASE's neighbour list) where the
+    guard acts: hundreds of neighbours, where the discrete shells average out (within 12% for these forms)."""
+    from ase.neighborlist import neighbor_list
+
+    for element in ("C", "N", "O", "F"):
+        for name, (atoms, _) in candidate_structures(element).items():
+            if name == "dimer":
+                continue
+            estimate = _sphere(6.0) * len(atoms) / atoms.cell.volume
+            counted = len(neighbor_list("i", atoms, 6.0)) / len(atoms)
+            assert estimate > 200
+            assert counted == pytest.approx(estimate, rel=0.15), (element, name)
+
+
+def test_time_limit_ends_a_form():
+    settings = ReferenceSettings(
+        candidates=["fcc"], max_seconds=0.2, max_binding=None, min_volume_ratio=1e-3, max_neighbors=None
+    )
+    slow = Crusher(sleep=0.05)
+    with pytest.raises(AloeError, match=r"fcc: stopped at step \d+: time limit: relaxing for"):
+        compute_reference(slow, "Cu", settings)
+    assert len(slow.volumes_seen) < 300
+
+
+def test_guarded_calculator_passes_results_through():
+    from aloe.potentials.calculator import GuardedCalculator, PotentialCalculator
+
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+    atoms.rattle(0.05, seed=1)
+    seen = []
+    guarded = atoms.copy()
+    guarded.calc = GuardedCalculator(PotentialCalculator(EMTPotential()), lambda a: seen.append(len(a)))
+    atoms.calc = EMT()
+    assert guarded.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+    assert guarded.get_forces() == pytest.approx(atoms.get_forces(), abs=1e-10)
+    assert guarded.get_stress() == pytest.approx(atoms.get_stress(), abs=1e-10)
+    assert seen == [2]  # one model call for all three properties, checked once
+
+
+def test_one_progress_line_per_element(tmp_path, caplog):
+    import logging
+
+    store = ReferenceStore(tmp_path, FAST)
+    with caplog.at_level(logging.INFO, logger="aloe.potentials.references"):
+        refs = store.references(EMTPotential(), ["Cu", "Ag"], progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aloe.potentials.references"]
+    assert len(lines) == 2
+    assert lines[0].startswith("references emt-test: Cu 1/2 (") and lines[0].endswith(
+        f"s, winner {refs.info['Cu']['winner']})"
+    )
+    assert lines[1].startswith("references emt-test: Ag 2/2 (")
+
+
+def test_strict_false_records_elements_without_reference(tmp_path):
+    store = ReferenceStore(tmp_path, FAST)
+    refs = store.references(EMTPotential(), ["Cu", "Fe"], strict=False)  # EMT has no Fe: every form fails
+    assert list(refs) == ["Cu"]
+    assert set(refs.failed) == {"Fe"}
+    assert refs.failed["Fe"].startswith("every form: CalculationFailed: emt-test: prediction failed for Fe")
+    with pytest.raises(AloeError, match="no usable reference form for Fe"):
+        store.references(EMTPotential(), ["Fe"])
+    missing = store.references(EMTPotential(), ["Cu", "Ni"], compute=False, strict=False)
+    assert missing.as_dict() == {"Cu": refs["Cu"]}  # from the cache
+    assert missing.failed == {"Ni": "not in the table or the cache, and computing references is off"}

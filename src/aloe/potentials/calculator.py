@@ -11,7 +11,7 @@ components (xx, yy, zz, yz, xz, xy), positive = tensile.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,6 +84,44 @@ class PotentialCalculator(Calculator):
             "forces": np.array(pred.forces, dtype=float).reshape(len(atoms), 3),
             "stress": np.array(pred.stress[0], dtype=float).reshape(6),
         }
+
+
+class GuardedCalculator(Calculator):
+    """Runs ``check(atoms)`` before every calculation of ``inner``; ``check`` raises to stop before the model call.
+
+    ASE's optimizer observers run only after the forces of a new step have been computed: too late for a structure
+    whose neighbour graph no longer fits in memory. This wrapper sees each structure the model is about to get
+    (the elemental-reference relaxations use it to stop collapsing cells).
+
+    Parameters
+    ----------
+    inner
+        The calculator that does the work; its results are taken over unchanged.
+    check
+        Called with the structure before each calculation; whatever it raises propagates to the caller (the
+        optimizer's ``run``).
+
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def __init__(self, inner: Calculator, check: Callable[[Atoms], None], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.check = check
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        """Check the structure, then let ``inner`` compute ``properties`` and take over its results."""
+        super().calculate(atoms, properties, system_changes)
+        self.check(self.atoms)
+        for name in properties:
+            self.inner.get_property(name, self.atoms)
+        self.results = dict(self.inner.results)
 
 
 def calculator_for(potential: Potential) -> Calculator:

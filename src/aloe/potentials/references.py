@@ -27,6 +27,27 @@ do have deep wells far from their training data (CHGNet 0.3.0's Gd2 dimer relaxe
 is at -14.05). The cell is not symmetry-constrained, so an unstable start (bcc of an fcc metal ...) may relax into
 a lower structure; the candidate keeps its starting name.
 
+Guards while a form relaxes
+---------------------------
+A model's cost grows with the number of neighbours within its cutoff, and a collapsing cell makes that number
+grow without bound: chgnet-r2scan's fcc F (starting at 1.0 A nearest-neighbour distance, ~1300 atoms within 6 A)
+falls to 0.33 A^3/atom within four FIRE steps, by then 23 s and 3 GB per step. So every structure is checked
+BEFORE each model call (the calculator is wrapped), and the form ends as rejected, with the reason recorded
+(``stopped``), when
+
+- about more than ``max_neighbors`` (400) atoms lie within ``neighbor_cutoff`` (6 A) of an atom, estimated as number
+  density times the sphere's volume (the mean count, which is what a model's graph grows with): 2.5 times the
+  densest real elemental solid (diamond, 160), a volume per atom below 2.26 A^3 at the defaults;
+- the volume per atom leaves ``[min_volume_ratio, max_volume_ratio]`` (0.2, 20) times its starting value;
+- two atoms come closer than ``min_distance``;
+- the form has relaxed for longer than ``max_seconds`` (300 s; a last resort that makes the result depend on the
+  machine, so it is set far above what any form needs with the other guards in place: under 60 s here).
+
+A form may be rejected before its first step (a starting structure that is already too dense: the close-packed
+forms of C, N, O and F, whose ``2 r`` starts are 2.5-8 times denser than diamond). Relaxations run with one BLAS
+thread: ``FrechetCellFilter`` does many 3x3 matrix functions in SciPy, and OpenBLAS threads competing with the
+model's made them 10x slower on a busy 2-core machine (same numbers).
+
 Caching (:class:`ReferenceStore`)
 ---------------------------------
 Computed references are kept in one JSON file per ``potential.identity()`` under ``cache_dir()/references``,
@@ -40,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import re
 import time
@@ -73,6 +95,8 @@ CACHE_FORMAT = 1
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
+_log = logging.getLogger(__name__)
+
 
 class ReferenceSettings(AloeSettings):
     """How elemental references are computed (changing any of these invalidates cached values)."""
@@ -92,7 +116,36 @@ class ReferenceSettings(AloeSettings):
     min_distance: float = Field(
         0.5,
         gt=0,
-        description="Reject a relaxed candidate whose shortest interatomic distance is below this (A).",
+        description="Reject a candidate whose shortest interatomic distance falls below this (A), during or "
+        "after its relaxation.",
+    )
+    max_neighbors: float | None = Field(
+        400.0,
+        gt=0,
+        description="Stop a relaxation (before the model call) when about more than this many atoms lie within "
+        "neighbor_cutoff of an atom (number density x sphere volume); 2.5x diamond's 160. None: no check.",
+    )
+    neighbor_cutoff: float = Field(
+        6.0,
+        gt=0,
+        description="Cutoff (A) of the neighbour count above: that of CHGNet 0.3.0/r2scan and MACE-MP (6 A).",
+    )
+    min_volume_ratio: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Stop a relaxation whose volume per atom falls below this fraction of its start.",
+    )
+    max_volume_ratio: float = Field(
+        20.0,
+        gt=1,
+        description="Stop a relaxation whose volume per atom grows beyond this multiple of its start.",
+    )
+    max_seconds: float | None = Field(
+        300.0,
+        gt=0,
+        description="Stop a form that has relaxed longer than this (s), checked before each model call; a last "
+        "resort (machine-dependent), far above what a form needs with the other guards. None: no limit.",
     )
     max_binding: float | None = Field(
         15.0,
@@ -124,6 +177,9 @@ class ElementalReferences(Mapping[str, float]):
         ``symbol -> one line``: ``table (<source>)``, ``cache (<winner> ...)`` or ``computed (<winner> ...)``.
     info
         ``symbol -> details`` of computed or cached values (see :func:`compute_reference`); empty for table values.
+    failed
+        ``symbol -> why`` for requested elements that have no reference (only when asked with ``strict=False``);
+        they are not in the mapping.
 
     """
 
@@ -131,6 +187,7 @@ class ElementalReferences(Mapping[str, float]):
     energies: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, symbol: str) -> float:
         return self.energies[symbol]
@@ -193,6 +250,27 @@ def candidate_structures(
     return out
 
 
+class NoReferenceError(AloeError):
+    """No usable reference form of an element for a model.
+
+    Attributes
+    ----------
+    model
+        The potential's name.
+    element
+        The element symbol.
+    reason
+        Why, one line (what each form ran into).
+
+    """
+
+    def __init__(self, model: str, element: str, reason: str) -> None:
+        super().__init__(
+            f"{model}: no usable reference form for {element} ({reason}); give its reference energy in a table instead"
+        )
+        self.model, self.element, self.reason = model, element, reason
+
+
 def compute_reference(
     potential: Potential,
     element: str,
@@ -221,11 +299,12 @@ def compute_reference(
         ``volume_per_atom`` (A^3; of the box for the dimer), ``min_distance`` (A), ``seconds`` (all candidates),
         ``isolated_atom_energy`` (eV; ``None`` if not evaluated), ``fmax``, ``max_steps`` and ``candidates`` (per
         candidate: ``energy_per_atom``, ``steps``, ``converged``, ``volume_per_atom``, ``min_distance``,
-        ``seconds`` and ``error``, a reason for rejected ones, else ``None``).
+        ``seconds``, ``error``, a reason for rejected ones, else ``None``, and ``stopped``, the guard that ended
+        its relaxation early: ``neighbors``, ``volume``, ``distance`` or ``time``, else ``None``).
 
     Raises
     ------
-    AloeError
+    NoReferenceError
         When no candidate gives a finite, uncollapsed, plausibly bound energy (the message names the model,
         element and reasons).
 
@@ -237,9 +316,52 @@ def compute_reference(
     calc = calculator if calculator is not None else calculator_for(potential)
     start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    for name, (atoms, relax_cell) in candidate_structures(element, settings).items():
-        results[name] = _relax_candidate(atoms, calc, relax_cell, settings)
-    isolated = _isolated_atom_energy(element, calc, settings) if settings.max_binding is not None else None
+    with _one_blas_thread():
+        for name, (atoms, relax_cell) in candidate_structures(element, settings).items():
+            results[name] = _relax_candidate(atoms, calc, relax_cell, settings)
+        isolated = (
+            _isolated_atom_energy(element, calc, settings) if settings.max_binding is not None else None
+        )
+    winner = choose_reference(results, isolated, settings)
+    if winner is None:
+        raise NoReferenceError(potential.name, element, _reasons(results, element))
+    best = results[winner]
+    info = {
+        "winner": winner,
+        "steps": best["steps"],
+        "converged": best["converged"],
+        "volume_per_atom": best["volume_per_atom"],
+        "min_distance": best["min_distance"],
+        "seconds": round(time.perf_counter() - start, 3),
+        "isolated_atom_energy": isolated,
+        "fmax": settings.fmax,
+        "max_steps": settings.max_steps,
+        "candidates": results,
+    }
+    return float(best["energy_per_atom"]), info
+
+
+def choose_reference(
+    results: dict[str, dict[str, Any]], isolated: float | None, settings: ReferenceSettings
+) -> str | None:
+    """The winning form among relaxed candidates (lowest energy per atom), after the plausibility check.
+
+    Parameters
+    ----------
+    results
+        ``name -> candidate details`` as :func:`compute_reference` records them (``energy_per_atom`` and
+        ``error``); a form found implausibly bound gets its ``error`` set and its energy cleared, in place.
+    isolated
+        The model's isolated-atom energy (eV), or ``None``.
+    settings
+        ``max_binding`` (``None``: no plausibility check).
+
+    Returns
+    -------
+    str or None
+        The winner's name, or ``None`` when no form is usable.
+
+    """
     if settings.max_binding is not None:
         # Models can have deep unphysical wells far from their training data (CHGNet 0.3.0 puts Gd2 at
         # -605 eV/atom, 590 eV below Gd metal); real crystals and molecules are bound by < 9 eV/atom. A form is
@@ -262,34 +384,45 @@ def compute_reference(
                 r["energy_per_atom"] = None
     usable = {n: r for n, r in results.items() if r["error"] is None}
     if not usable:
-        reasons = "; ".join(f"{n}: {r['error']}" for n, r in results.items())
-        raise AloeError(
-            f"{potential.name}: no usable reference form for {element} ({reasons}); "
-            "give its reference energy in a table instead"
-        )
-    winner = min(usable, key=lambda n: usable[n]["energy_per_atom"])
-    best = usable[winner]
-    info = {
-        "winner": winner,
-        "steps": best["steps"],
-        "converged": best["converged"],
-        "volume_per_atom": best["volume_per_atom"],
-        "min_distance": best["min_distance"],
-        "seconds": round(time.perf_counter() - start, 3),
-        "isolated_atom_energy": isolated,
-        "fmax": settings.fmax,
-        "max_steps": settings.max_steps,
-        "candidates": results,
-    }
-    return float(best["energy_per_atom"]), info
+        return None
+    return min(usable, key=lambda n: usable[n]["energy_per_atom"])
+
+
+def _reasons(results: Mapping[str, Mapping[str, Any]], element: str) -> str:
+    """``fcc, bcc: <error>; dimer: <error>``: each distinct reason once, with the forms that ran into it."""
+    by_reason: dict[str, list[str]] = {}
+    # 'prediction failed for Am2' and '... for Am' are one reason (the formula names the form's atom count).
+    formula = re.compile(rf"\b{element}\d+\b")
+    for name, r in results.items():
+        by_reason.setdefault(formula.sub(element, str(r["error"])), []).append(name)
+    if len(by_reason) == 1 and len(results) > 1:
+        return f"every form: {next(iter(by_reason))}"
+    return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
+
+
+class _RelaxationStopped(RuntimeError):
+    """A guard ended a reference relaxation before the next model call.
+
+    Attributes
+    ----------
+    guard
+        Which bound: ``neighbors``, ``volume``, ``distance`` or ``time``.
+
+    """
+
+    def __init__(self, guard: str, message: str) -> None:
+        super().__init__(message)
+        self.guard = guard
 
 
 def _relax_candidate(
     atoms: Atoms, calc: Calculator, relax_cell: bool, settings: ReferenceSettings
 ) -> dict[str, Any]:
-    """Relax one candidate; never raises (a failure is reported in ``error``)."""
+    """Relax one candidate under the guards; never raises (a failure is reported in ``error``)."""
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
+
+    from aloe.potentials.calculator import GuardedCalculator
 
     out: dict[str, Any] = {
         "energy_per_atom": None,
@@ -299,31 +432,49 @@ def _relax_candidate(
         "min_distance": None,
         "seconds": 0.0,
         "error": None,
+        "stopped": None,
     }
     start = time.perf_counter()
-    atoms.calc = calc
     volume0 = abs(atoms.cell.volume) / len(atoms)
+    sphere = 4.0 / 3.0 * math.pi * settings.neighbor_cutoff**3
 
-    def guard() -> None:
-        # A cell that collapses makes neighbour lists explode (a CHGNet graph of a collapsed F crystal ran a
-        # 24 GB machine out of memory); stop such a relaxation as soon as it starts.
-        volume = abs(atoms.cell.volume) / len(atoms)
-        if volume < 0.2 * volume0 or volume > 20 * volume0:
-            raise _RelaxationDiverged(
-                f"collapsed or exploded: volume per atom {volume0:.3g} -> {volume:.3g} A^3"
+    def check(current: Atoms) -> None:
+        # Cheapest first; every bound is checked before the model sees the structure.
+        elapsed = time.perf_counter() - start
+        if settings.max_seconds is not None and elapsed > settings.max_seconds:
+            raise _RelaxationStopped(
+                "time", f"time limit: relaxing for {elapsed:.0f} s > {settings.max_seconds} s"
             )
-        shortest = _shortest_distance(atoms)
+        volume = abs(current.cell.volume) / len(current)
+        if not settings.min_volume_ratio * volume0 <= volume <= settings.max_volume_ratio * volume0:
+            raise _RelaxationStopped(
+                "volume", f"collapsed or exploded: volume per atom {volume0:.3g} -> {volume:.3g} A^3"
+            )
+        neighbors = sphere / volume if volume > 0 else math.inf
+        if settings.max_neighbors is not None and neighbors > settings.max_neighbors:
+            raise _RelaxationStopped(
+                "neighbors",
+                f"too dense: about {neighbors:.0f} atoms within {settings.neighbor_cutoff:g} A per atom "
+                f"(> {settings.max_neighbors:g}; volume per atom {volume:.3g} A^3)",
+            )
+        shortest = _shortest_distance(current)
         if shortest < settings.min_distance:
-            raise _RelaxationDiverged(f"collapsed: atoms {shortest:.3g} A apart during relaxation")
+            raise _RelaxationStopped("distance", f"collapsed: atoms {shortest:.3g} A apart")
 
+    atoms.calc = GuardedCalculator(calc, check)
+    opt = None
     try:
         target = FrechetCellFilter(atoms) if relax_cell else atoms
         opt = FIRE(target, logfile=None)
-        opt.attach(guard, interval=1)
         converged = bool(opt.run(fmax=settings.fmax, steps=settings.max_steps))
         energy = float(atoms.get_potential_energy()) / len(atoms)
         out["steps"] = int(opt.nsteps)
         out["converged"] = converged
+    except _RelaxationStopped as exc:
+        out["steps"] = int(opt.nsteps) if opt is not None else 0
+        out["stopped"] = exc.guard
+        out["error"] = f"stopped at step {out['steps']}: {exc}"
+        return out
     except Exception as exc:  # a model that fails on one form must not stop the others
         text = str(exc).strip().splitlines()
         out["error"] = f"{type(exc).__name__}: {(text[0] if text else '')[:200]}"
@@ -346,8 +497,20 @@ def _relax_candidate(
     return out
 
 
-class _RelaxationDiverged(RuntimeError):
-    """A reference relaxation collapsed or blew up (stopped before the model runs out of memory)."""
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """NumPy/SciPy BLAS on one thread while the block runs (torch's own threads are left alone).
+
+    ``FrechetCellFilter`` computes matrix exponentials and logarithms of 3x3 matrices at every step; OpenBLAS
+    threads competing with the model's made those 10x slower than the model call on a busy 2-core machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _isolated_atom_energy(element: str, calc: Calculator, settings: ReferenceSettings) -> float | None:
@@ -532,7 +695,8 @@ class ReferenceStore:
         *,
         table: Mapping[str, Any] | str | Path | None = None,
         compute: bool = True,
-        progress: bool = False,
+        progress: bool | None = False,
+        strict: bool = True,
     ) -> ElementalReferences:
         """Reference energies of ``elements`` for ``potential``, with their provenance.
 
@@ -548,13 +712,19 @@ class ReferenceStore:
         compute
             Compute (and cache) references that are neither in the table nor in the cache.
         progress
-            Show a progress bar over the elements being computed.
+            Show one line per element computed, ``references chgnet-r2scan: F 12/89 (3.2 s, winner dimer)``, on
+            aloe's console (``None``: when :func:`aloe.progress.progress_enabled` says so); the lines always go
+            to the logger ``aloe.potentials.references`` (the run log).
+        strict
+            Raise for an element without a reference. ``False``: record it in ``failed`` (with the reason) and go
+            on with the others (a screen then fails only the structures that contain it).
 
         Raises
         ------
         AloeError
-            With ``compute=False``, when some elements have no reference (the message names model and elements);
-            when a reference cannot be computed; for an invalid table.
+            With ``strict``: with ``compute=False``, when some elements have no reference (the message names model
+            and elements); when a reference cannot be computed (:class:`NoReferenceError`). Always: for an invalid
+            table.
 
         """
         wanted = _unique_symbols(elements)
@@ -577,18 +747,23 @@ class ReferenceStore:
                     refs.provenance[symbol] = f"cache ({_describe(refs.info[symbol])})"
             missing = [s for s in missing if s not in refs.energies]
         if missing and not compute:
-            raise AloeError(
-                f"{potential.name} ({identity}): no reference energy for {', '.join(missing)} "
-                f"in the table or the cache ({self.path_for(potential)}); compute them or give a table"
-            )
+            if strict:
+                raise AloeError(
+                    f"{potential.name} ({identity}): no reference energy for {', '.join(missing)} "
+                    f"in the table or the cache ({self.path_for(potential)}); compute them or give a table"
+                )
+            for symbol in missing:
+                refs.failed[symbol] = "not in the table or the cache, and computing references is off"
+            missing = []
         if missing:
-            self._compute(potential, missing, refs, progress)
+            self._compute(potential, missing, refs, progress, strict)
         # Requested order, so that callers can zip with their element list.
         return ElementalReferences(
             model=identity,
-            energies={s: refs.energies[s] for s in wanted},
-            provenance={s: refs.provenance[s] for s in wanted},
+            energies={s: refs.energies[s] for s in wanted if s in refs.energies},
+            provenance={s: refs.provenance[s] for s in wanted if s in refs.provenance},
             info={s: refs.info[s] for s in wanted if s in refs.info},
+            failed={s: refs.failed[s] for s in wanted if s in refs.failed},
         )
 
     def get_committee(
@@ -619,13 +794,18 @@ class ReferenceStore:
         *,
         table: Mapping[str, Any] | str | Path | None = None,
         compute: bool = True,
-        progress: bool = False,
+        progress: bool | None = False,
+        strict: bool = True,
     ) -> list[ElementalReferences]:
-        """Like :meth:`get_committee`, with provenance; with ``compute=False`` every gap is named in one error."""
+        """Like :meth:`get_committee`, with provenance; with ``compute=False`` every gap is named in one error.
+
+        With ``strict=False`` nothing is raised for missing references: each member's ``failed`` says what is
+        missing and why (see :meth:`references`).
+        """
         wanted = _unique_symbols(elements)
         if table is not None:
             load_table(table)  # a bad table fails before any member is computed
-        if not compute:
+        if not compute and strict:
             # Collect every member's gaps so the user sees the whole picture at once.
             problems = []
             out = []
@@ -638,7 +818,8 @@ class ReferenceStore:
                 raise AloeError("; ".join(problems))
             return out
         return [
-            self.references(potential, wanted, table=table, progress=progress) for potential in potentials
+            self.references(potential, wanted, table=table, compute=compute, progress=progress, strict=strict)
+            for potential in potentials
         ]
 
     def cached(self, potential: Potential) -> ElementalReferences:
@@ -653,27 +834,39 @@ class ReferenceStore:
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _compute(
-        self, potential: Potential, symbols: list[str], refs: ElementalReferences, progress: bool
+        self,
+        potential: Potential,
+        symbols: list[str],
+        refs: ElementalReferences,
+        progress: bool | None,
+        strict: bool = True,
     ) -> None:
         from aloe.potentials.calculator import calculator_for
-        from aloe.progress import make_bar
 
         calc = calculator_for(potential)
-        bar = make_bar(
-            enabled=progress, total=len(symbols), desc=f"references {potential.name}", unit="element"
-        )
-        try:
-            for symbol in symbols:
-                bar.set_postfix(element=symbol)
+        for i, symbol in enumerate(symbols, 1):
+            start = time.perf_counter()
+            try:
                 energy, info = compute_reference(potential, symbol, self.settings, calculator=calc)
-                refs.energies[symbol] = energy
-                refs.info[symbol] = info
-                refs.provenance[symbol] = f"computed ({_describe(info)})"
-                # Saved element by element, so an interrupted committee run keeps what it already paid for.
-                self._write(potential, {symbol: self._entry(energy, info)})
-                bar.update(1)
-        finally:
-            bar.close()
+            except NoReferenceError as exc:
+                report_progress(
+                    progress_line(
+                        potential.name, symbol, i, len(symbols), time.perf_counter() - start, exc.reason
+                    ),
+                    progress,
+                )
+                if strict:
+                    raise
+                refs.failed[symbol] = exc.reason
+                continue
+            refs.energies[symbol] = energy
+            refs.info[symbol] = info
+            refs.provenance[symbol] = f"computed ({_describe(info)})"
+            # Saved element by element, so an interrupted committee run keeps what it already paid for.
+            self._write(potential, {symbol: self._entry(energy, info)})
+            report_progress(
+                progress_line(potential.name, symbol, i, len(symbols), info["seconds"], info), progress
+            )
 
     def _entry(self, energy: float, info: dict[str, Any]) -> dict[str, Any]:
         from aloe import __version__
@@ -741,6 +934,30 @@ class ReferenceStore:
             }
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def progress_line(
+    model: str, symbol: str, done: int, total: int, seconds: float, outcome: Mapping[str, Any] | str
+) -> str:
+    """``references chgnet-r2scan: F 12/89 (3.2 s, winner dimer)``; ``outcome`` is the info or a failure reason."""
+    if isinstance(outcome, str):
+        what = f"no reference: {outcome}"
+    else:
+        stopped = [n for n, c in outcome.get("candidates", {}).items() if c.get("stopped")]
+        what = f"winner {outcome.get('winner', '?')}" + (f", stopped {', '.join(stopped)}" if stopped else "")
+    return f"references {model}: {symbol} {done}/{total} ({seconds:.1f} s, {what})"
+
+
+def report_progress(line: str, enabled: bool | None) -> None:
+    """Show ``line`` on aloe's console when progress is enabled; always record it in the log."""
+    from aloe.progress import progress_enabled
+
+    if progress_enabled(enabled):
+        from aloe.logs import echo
+
+        echo(line)  # the console, and the run log through the 'aloe' logger
+    else:
+        _log.info(line)
 
 
 def _valid_entry(entry: Any) -> bool:
