@@ -3,11 +3,15 @@
 Layout of a run folder::
 
     run.yaml          verb, settings, their fingerprint, aloe version (written once; checked on resume)
+    run.lock          held (``flock``) by the process working in the folder; holds its process id
     chunks/           the stage's output, one file per chunk, each written to a temp name and renamed
     summary.yaml      command, resolved settings, seed, package versions, counts, timings (rewritten at the end)
 
 A chunk file exists only when complete, so a killed stage resumes by skipping the chunks that exist; leftover
-temp files are removed.
+temp files are removed. A stage refuses an existing non-empty folder that is not one of its run folders, and a
+run folder another process works in ("run folder X in use by process N"). The lock is an advisory ``flock`` on
+``run.lock``, held open while the process works there: the kernel drops it when the process ends, however it ends
+(a ``kill -9`` included), so a stale lock never blocks a resume.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -35,6 +41,9 @@ MANIFEST = "run.yaml"
 SUMMARY = "summary.yaml"
 CHUNKS = "chunks"
 TMP_SUFFIX = ".tmp"
+LOCK_FILE = "run.lock"
+#: The run log the CLI keeps in a run folder (``aloe.logs.LOG_FILE``).
+RUN_LOG = "aloe.log"
 
 #: Packages whose versions every summary records.
 REPORTED_PACKAGES = (
@@ -89,6 +98,177 @@ def write_yaml_atomic(path: str | Path, data: Any) -> None:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
+# ---- locks --------------------------------------------------------------------------------------------------
+#: Lock files this process holds: path -> [file descriptor, how many holders in this process].
+_HELD: dict[str, list[int]] = {}
+
+
+def _forget_inherited_locks() -> None:
+    """Close the lock descriptors a forked child inherited.
+
+    Closing, unlike ``LOCK_UN``, leaves the parent's lock in place; a worker that outlives a killed parent then
+    does not keep its run folder locked.
+    """
+    for fd, _ in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
+class FolderLock:
+    """An advisory lock on one lock file, held by this process until :meth:`release` (or until it ends).
+
+    Re-entrant within a process (a stage resumed in the same process shares the lock); another process that asks
+    for it gets an :class:`~aloe.errors.AloeError` naming the holder's process id.
+
+    Parameters
+    ----------
+    path
+        The lock file (created).
+    folder
+        The folder it guards (for the message).
+    shared
+        Take a shared lock (several holders at once, e.g. shards of one generate run) instead of an exclusive one.
+    """
+
+    def __init__(self, path: Path, folder: Path, shared: bool = False) -> None:
+        self.path = path
+        self._key = str(path.resolve())
+        self._released = False
+        held = _HELD.get(self._key)
+        if held is not None:
+            held[1] += 1
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on Windows: run folders are not guarded there
+            _HELD[self._key] = [-1, 1]
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AloeError(
+                f"{folder}: cannot create the lock file {path.name} ({exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"process {holder}" if holder else "another process"
+            raise AloeError(
+                f"run folder {folder} in use by {who} (wait for it to end, or use another output folder)"
+            ) from None
+        with contextlib.suppress(OSError):  # the pid is for the message only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[self._key] = [fd, 1]
+
+    def release(self) -> None:
+        """Give the lock up (once); the last holder in this process closes the file, which drops the lock."""
+        if self._released:
+            return
+        self._released = True
+        held = _HELD.get(self._key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD[self._key]
+            if held[0] >= 0:
+                os.close(held[0])
+
+
+def _read_pid(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode().strip() or "x")
+    return None
+
+
+def _tmp_of(name: str) -> re.Pattern[str]:
+    """Names :func:`atomic_path` gives the temp files of ``name``."""
+    return re.compile(rf"\.{re.escape(name)}\..*{re.escape(TMP_SUFFIX)}\Z")
+
+
+def claim_folder(
+    path: str | Path, marker: str, owner: str, lock_name: str = LOCK_FILE, shared: bool = False
+) -> FolderClaim:
+    """Create or reopen the run folder ``path`` and lock it for this process.
+
+    Parameters
+    ----------
+    path
+        The folder.
+    marker
+        The file that makes a folder one of ``owner``'s run folders (``run.yaml``, a loop's ``config.yaml``).
+    owner
+        Who asks (``aloe screen``), for the message.
+    lock_name
+        The lock file; with ``shared``, a shared lock on ``run.lock`` is also taken (see :class:`RunFolder`).
+    shared
+        Take ``lock_name`` exclusively but ``run.lock`` shared.
+
+    Raises
+    ------
+    AloeError
+        ``path`` is a file, cannot be created, is a non-empty folder without ``marker`` (the outputs would mix
+        with files already there), or is locked by another process.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AloeError(f"{path}: exists and is not a folder; choose another output folder")
+    _refuse_foreign(path, marker, owner)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AloeError(f"{path}: cannot create the run folder ({exc.strerror or exc})") from None
+    locks = [FolderLock(path / LOCK_FILE, path, shared=True)] if shared else []
+    try:
+        locks.append(FolderLock(path / lock_name, path))
+        # Again under the lock: another process may have filled the folder between the first look and now.
+        _refuse_foreign(path, marker, owner)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return FolderClaim(locks)
+
+
+class FolderClaim:
+    """The locks :func:`claim_folder` took on a folder, released together."""
+
+    def __init__(self, locks: list[FolderLock]) -> None:
+        self.locks = locks
+
+    def release(self) -> None:
+        """Release every lock (once)."""
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+def _refuse_foreign(path: Path, marker: str, owner: str) -> None:
+    if not path.is_dir() or (path / marker).exists():
+        return
+    temp = _tmp_of(marker)
+    # Before the marker is written a run folder holds at most its lock files, the marker's temp file and the run
+    # log the CLI opens first (``aloe.log``, see aloe.logs; it removes the log again when the command is refused).
+    others = sorted(
+        p.name
+        for p in path.iterdir()
+        if not (p.name.endswith(".lock") and p.is_file()) and not temp.match(p.name) and p.name != RUN_LOG
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise AloeError(
+            f"{path}: folder is not empty and is not a run folder of {owner} (it holds {shown}); "
+            "use a new or empty output folder"
+        )
+
+
 class RunFolder:
     """A stage's run folder.
 
@@ -103,6 +283,9 @@ class RunFolder:
     runtime_keys
         Settings that may change between a run and its resumption (workers, output paths ...).
 
+    The folder is locked for this process until :meth:`close` or until the object is garbage-collected (a stage
+    function's return). Settings with a ``shard`` (``'K/N'``, generate) lock only their shard exclusively: shards
+    of one run may work in its folder at the same time, each shard once.
     """
 
     def __init__(
@@ -118,7 +301,19 @@ class RunFolder:
         self.fingerprint = settings.fingerprint(exclude=set(runtime_keys))
         self.started = time.time()
         self.resumed = False
-        self._open()
+        shard = getattr(settings, "shard", None)
+        lock_name = f"run-shard-{shard.replace('/', '-of-')}.lock" if shard else LOCK_FILE
+        self._lock = claim_folder(self.path, MANIFEST, f"aloe {verb}", lock_name, shared=bool(shard))
+        self._finalizer = weakref.finalize(self, self._lock.release)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (the stage is done with it)."""
+        self._finalizer()
 
     @property
     def chunk_dir(self) -> Path:
@@ -143,7 +338,6 @@ class RunFolder:
                 )
             self.resumed = True
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
             write_yaml_atomic(
                 manifest_path,
                 {

@@ -17,6 +17,54 @@ if TYPE_CHECKING:
     from ase import Atoms
     from pymatgen.core import Structure
 
+#: A cell is degenerate when its volume is below this (A^3) ...
+MIN_CELL_VOLUME = 1e-6
+#: ... or below this share of ``a * b * c`` (its vectors are nearly coplanar: no inverse worth the name).
+MIN_CELL_VOLUME_RATIO = 1e-8
+
+
+def cell_problem(cell: np.ndarray) -> str | None:
+    """What makes ``cell`` unusable as a periodic 3D cell, or ``None`` when it is fine.
+
+    Parameters
+    ----------
+    cell
+        Shape ``(3, 3)``: lattice vectors as rows (A).
+
+    Returns
+    -------
+    str or None
+        A short phrase (``"degenerate cell (volume 0 A^3)"``) for a cell with non-finite entries or a zero (or
+        vanishingly small) volume, such as the all-zero cell of a non-periodic xyz file.
+    """
+    cell = np.asarray(cell, dtype=float)
+    if cell.shape != (3, 3):
+        return f"cell has shape {cell.shape}, not (3, 3)"
+    if not np.isfinite(cell).all():
+        return "cell holds NaN or infinite values"
+    volume = abs(float(np.linalg.det(cell)))
+    if volume < MIN_CELL_VOLUME or volume < MIN_CELL_VOLUME_RATIO * float(
+        np.prod(np.linalg.norm(cell, axis=1))
+    ):
+        return f"degenerate cell (volume {volume:.3g} A^3)"
+    return None
+
+
+def scaled_positions(atoms: Atoms) -> np.ndarray:
+    """Fractional coordinates of ``atoms``, unwrapped, also for a cell that :func:`cell_problem` rejects.
+
+    A usable cell gives ASE's own ``get_scaled_positions(wrap=False)``. A degenerate cell has no inverse: its
+    least-squares coordinates (pseudo-inverse) keep the positions within the span of the cell vectors, so the
+    structure can be carried to the stage that records it as a per-structure failure instead of stopping the
+    run; a cell with non-finite entries gives NaN.
+    """
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    if cell_problem(cell) is None:
+        return atoms.get_scaled_positions(wrap=False)
+    if not np.isfinite(cell).all():
+        return np.full((len(atoms), 3), np.nan)
+    return np.asarray(atoms.positions, dtype=float) @ np.linalg.pinv(cell)
+
 
 @dataclass
 class StructureBatch:
@@ -78,9 +126,13 @@ class StructureBatch:
         from ase import Atoms
 
         sl = self.atom_slice(row)
-        atoms = Atoms(
-            numbers=self.numbers[sl], cell=self.cell[row], scaled_positions=self.frac_coords[sl], pbc=True
-        )
+        if cell_problem(self.cell[row]) is None:
+            atoms = Atoms(
+                numbers=self.numbers[sl], cell=self.cell[row], scaled_positions=self.frac_coords[sl], pbc=True
+            )
+        else:  # ASE needs a full 3D cell for scaled positions; the stage records this one as a failure
+            positions = np.dot(self.frac_coords[sl], np.nan_to_num(self.cell[row]))
+            atoms = Atoms(numbers=self.numbers[sl], cell=self.cell[row], positions=positions, pbc=True)
         atoms.info["aloe_id"] = self.ids[row]
         return atoms
 
@@ -121,7 +173,7 @@ class StructureBatch:
         return cls(
             cell=np.array([np.asarray(a.cell[:], dtype=float) for a in atoms_list]).reshape(-1, 3, 3),
             frac_coords=(
-                np.concatenate([a.get_scaled_positions(wrap=False) for a in atoms_list])
+                np.concatenate([scaled_positions(a) for a in atoms_list])
                 if len(atoms_list)
                 else np.zeros((0, 3))
             ),
@@ -154,15 +206,38 @@ class StructureBatch:
             ids=list(ids) if ids is not None else [],
         )
 
+    def problems(self) -> dict[int, str]:
+        """Structures that no model or code can treat, with the reason: ``{row: phrase}``.
+
+        A degenerate cell (see :func:`cell_problem`), non-finite coordinates, or no atoms. Stages record these
+        rows as per-structure failures instead of passing them on.
+        """
+        out: dict[int, str] = {}
+        for r in range(len(self)):
+            sl = self.atom_slice(r)
+            problem = cell_problem(self.cell[r])
+            if problem is None and sl.stop == sl.start:
+                problem = "structure has no atoms"
+            if problem is None and not np.isfinite(self.frac_coords[sl]).all():
+                problem = "atomic positions hold NaN or infinite values"
+            if problem is not None:
+                out[r] = problem
+        return out
+
     def min_distances(self) -> np.ndarray:
         """Shortest interatomic distance in each structure (periodic images included), shape ``(m,)``.
 
-        Structures with a single atom report the shortest lattice translation.
+        Structures with a single atom report the shortest lattice translation; two atoms at the same point are 0
+        apart. Structures with a :meth:`problems` entry report NaN.
         """
         from aloe.prototypes.library import shortest_periodic_distances
 
         out = np.empty(len(self))
+        bad = self.problems()
         for r in range(len(self)):
+            if r in bad:
+                out[r] = np.nan
+                continue
             sl = self.atom_slice(r)
             cutoff = float(np.linalg.norm(self.cell[r], axis=1).max())
             d = shortest_periodic_distances(self.cell[r], self.frac_coords[sl], cutoff)

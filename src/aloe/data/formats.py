@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import math
 import re
@@ -54,6 +55,7 @@ import numpy as np
 from aloe.data.records import REQUIRED_KEYS, stress_from_kbar, stress_to_kbar
 from aloe.errors import AloeError, InputFileError
 from aloe.runs import atomic_path
+from aloe.structures import cell_problem
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -213,6 +215,9 @@ def check_record(doc: Any) -> str | None:
         return "'structure' has no list of 'sites'"
     if not isinstance(lattice, dict) or "matrix" not in lattice:
         return "'structure' has no 'lattice' with a 'matrix'"
+    problem = _structure_numbers_problem(lattice["matrix"], sites)
+    if problem:
+        return problem
     energy = doc["energy"]
     if not _is_number(energy) or not math.isfinite(energy):
         return f"'energy' must be a finite number (eV), got {_short(energy)}"
@@ -230,6 +235,37 @@ def check_record(doc: Any) -> str | None:
         return f"'stress' must be 6 values (xx yy zz yz xz xy, kbar), got shape {stress.shape}"
     if not (np.isfinite(forces).all() and np.isfinite(stress).all()):
         return "'forces' or 'stress' hold NaN or infinite values"
+    return None
+
+
+def _structure_numbers_problem(matrix: Any, sites: list[Any]) -> str | None:
+    """A lattice that is not 3 x 3 finite numbers or is degenerate, or site coordinates that are not finite.
+
+    JSON has no NaN: a writer would turn one into ``null`` and the file would fail only when read later, so a
+    record with one is refused where it is read.
+    """
+    try:
+        cell = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError):
+        return f"'structure' lattice 'matrix' must be 3 x 3 numbers, got {_short(matrix)}"
+    if cell.shape != (3, 3):
+        return f"'structure' lattice 'matrix' has shape {cell.shape}, not (3, 3)"
+    problem = cell_problem(cell)
+    if problem:
+        return f"'structure' lattice: {problem}"
+    for key in ("abc", "xyz"):
+        values = [site.get(key) for site in sites if isinstance(site, dict) and key in site]
+        if not values:
+            continue
+        try:
+            coords = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            return f"'structure' site '{key}' coordinates must be 3 numbers each"
+        if coords.shape != (len(values), 3):
+            return f"'structure' site '{key}' coordinates must be 3 numbers each"
+        if not np.isfinite(coords).all():
+            row = int(np.flatnonzero(~np.isfinite(coords).all(axis=1))[0])
+            return f"'structure' site {row} has NaN or infinite '{key}' coordinates"
     return None
 
 
@@ -579,9 +615,9 @@ class RecordReader:
             except _STREAM_ERRORS as exc:
                 raise InputFileError(self.path, f"{_stream_problem(exc)}, after frame {k}") from None
             except Exception as exc:
-                raise InputFileError(
-                    self.path, f"frame {k}: not readable as extxyz ({_first_line(exc)})"
-                ) from None
+                from aloe.data.readers import read_problem
+
+                raise InputFileError(self.path, f"frame {k}: {read_problem(exc, 'extxyz')}") from None
             try:
                 record = atoms_to_record(atoms)
             except ValueError as exc:
@@ -1015,7 +1051,14 @@ def convert(
     if source.resolve() == target.resolve():
         raise AloeError(f"{target}: the output would overwrite the input")
     reader = RecordReader(source, source_format, skip_bad=skip_bad)
+    records = iter(reader)
+    first = next(records, None)  # an input without records is refused before the output is touched
+    if first is None:
+        skipped = f" ({reader.n_skipped:,} bad line(s)/record(s) skipped)" if reader.n_skipped else ""
+        raise InputFileError(source, f"holds no records{skipped}; nothing written")
     bar = make_bar(enabled=progress, desc=f"convert {source.name}", unit=" rec")
     with bar:
-        n = write_records(reader, target, target_format, on_record=lambda: bar.update(1))
+        n = write_records(
+            itertools.chain([first], records), target, target_format, on_record=lambda: bar.update(1)
+        )
     return ConvertResult(n, reader.n_skipped, tuple(reader.messages))

@@ -91,11 +91,17 @@ def iter_structures(path: str | Path) -> Iterator[tuple[str, Atoms]]:
     elif kind == "extxyz":
         from ase.io import iread
 
-        try:
-            for k, atoms in enumerate(iread(str(path), index=":", format="extxyz")):
-                yield str(atoms.info.get("aloe_id", f"{stem}:{k}")), atoms
-        except Exception as exc:
-            raise InputFileError(path, f"not a readable extxyz file ({_line(exc)})") from None
+        frames = iread(str(path), index=":", format="extxyz")
+        k = 0
+        while True:
+            try:
+                atoms = next(frames)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise InputFileError(path, f"frame {k}: {read_problem(exc, 'extxyz')}") from None
+            yield str(atoms.info.get("aloe_id", f"{stem}:{k}")), atoms
+            k += 1
     else:  # MP-ALOE JSON lines or a MatPES JSON list, streamed by the record reader (structures only)
         from aloe.data.formats import RecordReader
 
@@ -114,10 +120,24 @@ def _read_one(path: Path) -> Atoms:
     try:
         atoms = read(str(path))
     except Exception as exc:
-        raise InputFileError(path, f"not a readable structure file ({_line(exc)})") from None
+        raise InputFileError(path, read_problem(exc, "a structure file")) from None
     if not atoms.pbc.all() or atoms.cell.rank != 3:
         raise InputFileError(path, "structure is not periodic in three dimensions")
     return atoms
+
+
+def read_problem(exc: BaseException, what: str) -> str:
+    """What an exception of ASE's readers says about the file, as a short phrase.
+
+    ASE reports an element symbol it does not know as a bare ``KeyError('Xx')``; that becomes
+    ``unknown element 'Xx'``. Anything else is ``not readable as <what> (<first line of the error>)``.
+    """
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        from ase.data import chemical_symbols
+
+        if exc.args[0] not in chemical_symbols:
+            return f"unknown element {exc.args[0]!r}"
+    return f"not readable as {what} ({_line(exc)})"
 
 
 def _line(exc: BaseException) -> str:

@@ -40,6 +40,7 @@ from aloe.label.registry import load_labeler
 from aloe.label.settings import LabelSettings
 from aloe.progress import make_bar
 from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
+from aloe.structures import StructureBatch, cell_problem
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -120,6 +121,11 @@ def label_structure(
     """
     t0 = time.perf_counter()
     attempts: list[dict[str, Any]] = []
+    # A degenerate cell or NaN coordinates: no code can treat it, and it costs this structure only.
+    problem = StructureBatch.from_atoms([atoms]).problems().get(0)
+    if problem:
+        failure = {"kind": "input", "message": f"invalid structure: {problem}"}
+        return {"status": "failed", "records": [], "failure": failure, "attempts": [], "seconds": 0.0}
     reason = labeler.supports(atoms)
     if reason:
         failure = {"kind": "unsupported", "message": reason}
@@ -356,11 +362,12 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
     elements: set[str] = set()
     for chunk in chunks:
         rows = read_chunk(chunk.path)
+        batch = rows.batch()  # its atoms also carry a degenerate cell on to its per-structure failure
         finished = _finished_rows(run.path, chunk.name, settings.retry_failed)
         for r in range(len(rows)):
             if r in finished:
                 continue
-            atoms = rows.to_atoms(r)
+            atoms = batch.to_atoms(r)
             atoms.info.clear()
             todo.append((chunk, r, rows.label(r), atoms))
             elements.update(atoms.get_chemical_symbols())
@@ -572,6 +579,12 @@ def _write_merged(records_path: Path, failures_path: Path, by_row: dict[int, dic
 def _structure_dict(atoms: Atoms) -> dict[str, Any]:
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    if cell_problem(atoms.cell[:]) is not None:  # pymatgen cannot invert the cell: keep what there is
+        return {
+            "cell": np.asarray(atoms.cell[:], dtype=float).tolist(),
+            "symbols": atoms.get_chemical_symbols(),
+            "positions": np.asarray(atoms.positions, dtype=float).tolist(),
+        }
     plain = atoms.copy()
     plain.calc = None
     return AseAtomsAdaptor.get_structure(plain).as_dict()

@@ -85,7 +85,8 @@ def shortest_periodic_distances(lattice: np.ndarray, frac_coords: np.ndarray, cu
     Returns
     -------
     numpy.ndarray
-        Shape ``(n, n)``, symmetric. The diagonal is the shortest non-zero lattice translation.
+        Shape ``(n, n)``, symmetric. The diagonal is the shortest non-zero lattice translation. Two distinct
+        sites at the same point (or at the same point of another image) are 0 apart.
 
     """
     lattice = np.asarray(lattice, dtype=float)
@@ -101,7 +102,10 @@ def shortest_periodic_distances(lattice: np.ndarray, frac_coords: np.ndarray, cu
     delta -= np.round(delta)
     cart = (delta[:, :, None, :] + images[None, None, :, :]) @ lattice  # (n, n, n_img, 3)
     dist = np.linalg.norm(cart, axis=-1)
-    dist[dist < 1e-8] = np.inf  # drop each site's zero-distance self term
+    # Drop only each site's own zero-distance term (i == j, image 0): coincident distinct sites stay at 0.
+    origin = int(np.flatnonzero(~images.any(axis=1))[0])
+    sites = np.arange(len(frac))
+    dist[sites, sites, origin] = np.inf
     best = dist.min(axis=-1)
     best[best > cutoff] = np.inf
     return best

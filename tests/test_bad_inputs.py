@@ -1,0 +1,607 @@
+"""Bad inputs and shared folders, as a new user meets them: one table that every stage extends.
+
+Each case either stops with ONE line ``aloe: error: <file>: <frame/record/key>: <what is wrong>``, a non-zero exit
+and no traceback (:class:`Refused`), or is recorded per structure by a stage that isolates failures while the good
+structures of the same input go through (:class:`Recorded`).
+
+To add a case, append a :class:`Case` to :data:`CASES` (keep the blocks by stage):
+
+- ``make(setup)`` builds the bad input under ``setup.tmp`` and returns the command line (verb first);
+  ``setup.keep(obj)`` keeps an object (a held lock) alive while the command runs;
+- ``expect`` is ``Refused(regex of the error line)`` or ``Recorded(stage, folder, {structure id: (outcome, regex
+  of the recorded reason)})``; add a reader to :data:`RECORD_READERS` for a new stage (bench ...);
+- ``subprocess=True`` runs ``python -m aloe.cli.main`` in a child process: the real exit status and stderr, and
+  another process than the test's (needed where the test itself holds a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from aloe.cli.main import app
+from aloe.runs import claim_folder
+
+TEST_PID = os.getpid()
+CHILD_TIMEOUT_S = 300
+
+#: Two cheap pair potentials that disagree a little: a committee that needs no weights and no references.
+LJ = ["lj(sigma=2.3,epsilon=0.05,rc=6.0)", "lj(sigma=2.35,epsilon=0.06,rc=6.0)"]
+SCREEN_FAST = ["--set", "energy_basis=total", "--no-compute-references", "--no-progress"]
+for _member in LJ:
+    SCREEN_FAST += ["-m", _member]
+LABEL_FAST = ["--labeler", "emt", "--set", "isolate=false", "--isolated-atoms", "none", "--no-progress"]
+
+
+# ---- the table's types ------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """Where a case builds its input, and what must stay alive while its command runs."""
+
+    tmp: Path
+    kept: list[Any] = field(default_factory=list)
+
+    def keep(self, obj: Any) -> Any:
+        """Keep ``obj`` alive until the command has run (a lock held by this test process)."""
+        self.kept.append(obj)
+        return obj
+
+    def file(self, name: str, text: str) -> str:
+        """Write ``text`` to ``tmp/name``; return the path as a string."""
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One error line matching ``pattern``, exit status ``exit_code``, nothing at the paths of ``absent``."""
+
+    pattern: str
+    exit_code: int = 2
+    absent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The command succeeds; in the run folder ``folder`` the structures in ``outcomes`` are recorded so.
+
+    ``outcomes`` maps a structure id to ``(outcome, regex of the reason)``; ``stage`` names the reader in
+    :data:`RECORD_READERS` that lists a run folder's ``{id: (outcome, reason)}``.
+    """
+
+    stage: str
+    folder: str
+    outcomes: dict[str, tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: how to make it, what to run, what must happen."""
+
+    id: str
+    make: Callable[[Setup], list[str]]
+    expect: Refused | Recorded
+    subprocess: bool = False
+    marks: tuple[Any, ...] = ()
+
+
+# ---- how stages record per-structure outcomes ---------------------------------------------------------------
+def _screen_outcomes(run: Path) -> dict[str, tuple[str, str]]:
+    table = pq.read_table(
+        sorted((run / "metrics").glob("chunk-*.parquet"))[0], columns=["id", "outcome", "reason"]
+    )
+    return {
+        i: (o, r)
+        for i, o, r in zip(
+            table.column("id").to_pylist(),
+            table.column("outcome").to_pylist(),
+            table.column("reason").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _label_outcomes(run: Path) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for path in sorted((run / "records").glob("chunk-*.jsonl")):
+        for line in path.read_text().splitlines():
+            out[json.loads(line)["provenance"]["aloe_id"]] = ("labelled", "")
+    for path in sorted((run / "failures").glob("chunk-*.jsonl")):
+        for line in path.read_text().splitlines():
+            doc = json.loads(line)
+            out[doc["id"]] = (f"failed:{doc['kind']}", doc["message"])
+    return out
+
+
+RECORD_READERS: dict[str, Callable[[Path], dict[str, tuple[str, str]]]] = {
+    "screen": _screen_outcomes,
+    "label": _label_outcomes,
+}
+
+
+# ---- inputs -------------------------------------------------------------------------------------------------
+CU = "Cu 0.0 0.0 0.0\nCu 0.0 1.8 1.8\nCu 1.8 0.0 1.8\nCu 1.8 1.8 0.0"
+GOOD_FRAME = (
+    f'4\nLattice="3.6 0.0 0.0 0.0 3.6 0.0 0.0 0.0 3.6" Properties=species:S:1:pos:R:3 pbc="T T T"\n{CU}\n'
+)
+
+
+def _frames(*frames: str) -> str:
+    return "".join(frames)
+
+
+def zero_volume_xyz(setup: Setup, third: str = "0.0 0.0 0.0") -> str:
+    """Frame 0 fine; frame 1 a cell of volume 0 (third lattice vector ``third``); frame 2 fine (another one)."""
+    flat = f'2\nLattice="3.6 0.0 0.0 0.0 3.6 0.0 {third}" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+    flat += "Cu 0.0 0.0 0.0\nCu 1.8 1.8 0.0\n"
+    other = GOOD_FRAME.replace("Cu 1.8 1.8 0.0", "Cu 1.75 1.8 0.05")
+    return setup.file("flat.extxyz", _frames(GOOD_FRAME, flat, other))
+
+
+def coincident_xyz(setup: Setup) -> str:
+    """Frame 1 has two Cu atoms at exactly the same point (the next-nearest pair is 2.55 A apart)."""
+    twin = GOOD_FRAME.replace("4\n", "5\n", 1) + "Cu 1.8 1.8 0.0\n"
+    return setup.file("twin.extxyz", _frames(GOOD_FRAME, twin))
+
+
+def unknown_element_xyz(setup: Setup, labelled: bool = False) -> str:
+    """Frame 1 has an atom of element 'Xx' (frames with labels for ``data convert``)."""
+    good = labelled_frame() if labelled else GOOD_FRAME
+    bad = good.replace("Cu 1.8 1.8 0.0", "Xx 1.8 1.8 0.0")
+    return setup.file("xx.extxyz", _frames(good, bad))
+
+
+def labelled_frame(position: str = "1.8 1.8 0.0") -> str:
+    """A labelled frame (MACE's REF_ keys) whose last atom sits at ``position``."""
+    lines = [
+        "4",
+        'Lattice="3.6 0.0 0.0 0.0 3.6 0.0 0.0 0.0 3.6" Properties=species:S:1:pos:R:3:REF_forces:R:3 '
+        'REF_energy=-1.5 REF_stress="0.0 0.0 0.0 0.0 0.0 0.0" pbc="T T T"',
+        "Cu 0.0 0.0 0.0 0.0 0.0 0.0",
+        "Cu 0.0 1.8 1.8 0.0 0.0 0.0",
+        "Cu 1.8 0.0 1.8 0.0 0.0 0.0",
+        f"Cu {position} 0.0 0.0 0.0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_config(setup: Setup, sections: dict[str, Any]) -> str:
+    return setup.file("loop.yaml", yaml.safe_dump(sections))
+
+
+def foreign_folder(setup: Setup) -> str:
+    """An existing folder with a user's file in it (not a run folder)."""
+    folder = setup.tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes\n")
+    return str(folder)
+
+
+def locked_run_folder(setup: Setup, name: str = "locked") -> str:
+    """An empty folder locked by this test process (the command runs in another one)."""
+    folder = setup.tmp / name
+    setup.keep(claim_folder(folder, "run.yaml", "the test"))
+    return str(folder)
+
+
+def generate_args(setup: Setup) -> list[str]:
+    protos = setup.tmp / "protos"
+    from tests.conftest import write_prototypes
+
+    write_prototypes(protos)
+    return ["generate", "-p", str(protos), "-e", "Al,Cu", "--no-progress"]
+
+
+FOREIGN = r"mine: folder is not empty and is not a run folder of aloe {verb} \(it holds notes\.txt\)"
+
+# ---- the table ------------------------------------------------------------------------------------------------
+CASES: list[Case] = [
+    # -- structures a stage cannot treat: recorded per structure, the rest goes on --
+    Case(
+        "screen-zero-volume-cell",
+        lambda s: ["screen", zero_volume_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        Recorded(
+            "screen",
+            "out",
+            {
+                "flat.extxyz:0": (r"rejected|selected", ""),
+                "flat.extxyz:1": ("failed", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
+                "flat.extxyz:2": (r"rejected|selected", ""),
+            },
+        ),
+    ),
+    Case(
+        "screen-coplanar-cell-vectors",  # no zero vector for ASE to complete: numpy's "Singular matrix" before
+        lambda s: ["screen", zero_volume_xyz(s, "3.6 3.6 0.0"), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        Recorded(
+            "screen",
+            "out",
+            {
+                "flat.extxyz:0": (r"rejected|selected", ""),
+                "flat.extxyz:1": ("failed", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
+                "flat.extxyz:2": (r"rejected|selected", ""),
+            },
+        ),
+    ),
+    Case(
+        "label-zero-volume-cell",
+        lambda s: ["label", zero_volume_xyz(s), "-o", str(s.tmp / "out"), *LABEL_FAST],
+        Recorded(
+            "label",
+            "out",
+            {
+                "flat.extxyz:0": ("labelled", ""),
+                "flat.extxyz:1": ("failed:input", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
+                "flat.extxyz:2": ("labelled", ""),
+            },
+        ),
+    ),
+    Case(
+        "screen-coincident-atoms",
+        lambda s: ["screen", coincident_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        Recorded(
+            "screen",
+            "out",
+            {
+                "twin.extxyz:0": (r"rejected|selected", ""),
+                "twin.extxyz:1": ("overlap", r"atoms 0 A apart"),
+            },
+        ),
+    ),
+    # -- screen: an element a model cannot handle fails only the structures containing it --
+    # (the references part of issue 10 adds its row here: Am with CHGNet, recorded per structure)
+    #
+    # -- files that cannot be read: one line naming the file, the frame / record and the problem --
+    Case(
+        "screen-unknown-element",
+        lambda s: ["screen", unknown_element_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        Refused(r"xx\.extxyz: frame 1: unknown element 'Xx'$"),
+    ),
+    Case(
+        "convert-unknown-element",
+        lambda s: ["data", "convert", unknown_element_xyz(s, labelled=True), str(s.tmp / "out.jsonl")],
+        Refused(r"xx\.extxyz: frame 1: unknown element 'Xx'$", absent=("out.jsonl",)),
+    ),
+    Case(
+        "convert-empty-jsonl",
+        lambda s: ["data", "convert", s.file("empty.jsonl", ""), str(s.tmp / "out.extxyz")],
+        Refused(r"empty\.jsonl: holds no records; nothing written$", absent=("out.extxyz",)),
+    ),
+    Case(
+        "convert-empty-json-list",
+        lambda s: ["data", "convert", s.file("empty.json", "[]\n"), str(s.tmp / "out.jsonl")],
+        Refused(r"empty\.json: holds no records; nothing written$", absent=("out.jsonl",)),
+    ),
+    Case(
+        "convert-empty-extxyz",
+        lambda s: ["data", "convert", s.file("empty.extxyz", ""), str(s.tmp / "out.jsonl")],
+        Refused(r"empty\.extxyz: holds no records; nothing written$", absent=("out.jsonl",)),
+    ),
+    Case(
+        "convert-nan-coordinate",
+        lambda s: [
+            "data",
+            "convert",
+            s.file("nan.extxyz", labelled_frame() + labelled_frame("nan 1.8 0.0")),
+            str(s.tmp / "out.jsonl"),
+        ],
+        Refused(
+            r"nan\.extxyz: frame 1: 'structure' site 3 has NaN or infinite '(abc|xyz)'", absent=("out.jsonl",)
+        ),
+    ),
+    Case(
+        "convert-infinite-coordinate",
+        lambda s: [
+            "data",
+            "convert",
+            s.file("inf.extxyz", labelled_frame("1.8 inf 0.0")),
+            str(s.tmp / "out.json"),
+        ],
+        Refused(r"inf\.extxyz: frame 0: 'structure' site 3 has NaN or infinite", absent=("out.json",)),
+    ),
+    Case(
+        "convert-null-coordinate-in-jsonl",
+        lambda s: [
+            "data",
+            "convert",
+            s.file("null.jsonl", _null_coordinate_jsonl()),
+            str(s.tmp / "out.extxyz"),
+        ],
+        Refused(r"null\.jsonl: line 2: 'structure' site 0 has NaN or infinite 'abc'", absent=("out.extxyz",)),
+    ),
+    # -- configs: the file and the section are named, and nothing is written --
+    Case(
+        "run-config-unknown-key",
+        lambda s: ["run", run_config(s, {"screen": {"bogus": 1}}), "-o", str(s.tmp / "loop")],
+        Refused(r"loop\.yaml: section 'screen': key 'bogus': unknown key$", absent=("loop",)),
+        subprocess=True,
+    ),
+    Case(
+        "run-config-ill-typed-key",
+        lambda s: ["run", run_config(s, {"generate": {"chunk_size": "many"}}), "-o", str(s.tmp / "loop")],
+        Refused(r"loop\.yaml: section 'generate': key 'chunk_size': .*many", absent=("loop",)),
+        subprocess=True,
+    ),
+    Case(
+        "run-config-nested-key",
+        lambda s: ["run", run_config(s, {"label": {"gpaw": {"ecutt": 300}}}), "-o", str(s.tmp / "loop")],
+        Refused(r"loop\.yaml: section 'label': key 'gpaw\.ecutt': unknown key$", absent=("loop",)),
+        subprocess=True,
+    ),
+    # -- output folders: only a stage's own run folders, one process at a time --
+    Case(
+        "generate-into-a-foreign-folder",
+        lambda s: [*generate_args(s), "-o", foreign_folder(s)],
+        Refused(FOREIGN.format(verb="generate"), absent=("mine/run.yaml", "mine/run.lock")),
+    ),
+    Case(
+        "screen-into-a-foreign-folder",
+        lambda s: ["screen", zero_volume_xyz(s), "-o", foreign_folder(s), *SCREEN_FAST],
+        Refused(FOREIGN.format(verb="screen"), absent=("mine/run.yaml", "mine/inputs")),
+    ),
+    Case(
+        "label-into-a-foreign-folder",
+        lambda s: ["label", zero_volume_xyz(s), "-o", foreign_folder(s), *LABEL_FAST],
+        Refused(FOREIGN.format(verb="label"), absent=("mine/run.yaml", "mine/work")),
+    ),
+    Case(
+        "run-into-a-foreign-folder",
+        lambda s: ["run", run_config(s, {}), "-o", foreign_folder(s)],
+        Refused(FOREIGN.format(verb="run"), absent=("mine/config.yaml",)),
+        subprocess=True,
+    ),
+    Case(
+        "generate-in-a-locked-folder",
+        lambda s: [*generate_args(s), "-o", locked_run_folder(s)],
+        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/run.yaml",)),
+        subprocess=True,
+    ),
+    Case(
+        "label-in-a-locked-folder",
+        lambda s: ["label", zero_volume_xyz(s), "-o", locked_run_folder(s), *LABEL_FAST],
+        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/work",)),
+        subprocess=True,
+    ),
+    Case(
+        "run-in-a-locked-folder",
+        lambda s: ["run", run_config(s, {}), "-o", locked_run_folder(s)],
+        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/config.yaml",)),
+        subprocess=True,
+    ),
+]
+
+
+def _null_coordinate_jsonl() -> str:
+    """Two MP-ALOE lines; the second has a ``null`` fractional coordinate (what a NaN becomes in JSON)."""
+    import io
+
+    from ase.io import read
+
+    from aloe.data.formats import atoms_to_record
+
+    atoms = read(io.StringIO(labelled_frame()), format="extxyz")
+    good = atoms_to_record(atoms)
+    bad = json.loads(json.dumps(good))
+    bad["structure"]["sites"][0]["abc"][1] = None
+    return json.dumps(good) + "\n" + json.dumps(bad) + "\n"
+
+
+# ---- the driver ---------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+    crashed: str | None  # an exception that escaped the CLI (would have been a traceback)
+
+
+def run_cli(args: list[str], tmp: Path, in_subprocess: bool) -> Outcome:
+    env = {**os.environ, "ALOE_CACHE_DIR": str(tmp / "cache"), "ALOE_PROGRESS": "0"}
+    if in_subprocess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "aloe.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            timeout=CHILD_TIMEOUT_S,  # a case that is not refused any more fails instead of running a whole job
+        )
+        return Outcome(proc.returncode, proc.stdout, proc.stderr, None)
+    result = CliRunner().invoke(app, args, env=env)
+    crashed = None
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        crashed = f"{type(result.exception).__name__}: {result.exception}"
+    return Outcome(result.exit_code, result.stdout, result.stderr, crashed)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a default run folder (runs/...) would land here
+    setup = Setup(tmp_path)
+    args = case.make(setup)
+    out = run_cli(args, tmp_path, case.subprocess)
+    everything = out.stdout + out.stderr
+    assert out.crashed is None, f"an exception escaped the CLI: {out.crashed}"
+    assert "Traceback" not in everything, everything
+    errors = [line for line in out.stderr.splitlines() if line.startswith("aloe: error:")]
+    expect = case.expect
+    if isinstance(expect, Refused):
+        assert out.exit_code == expect.exit_code, everything
+        assert len(errors) == 1, everything
+        assert re.search(expect.pattern, errors[0]), errors[0]
+        for rel in expect.absent:
+            assert not (tmp_path / rel).exists(), f"{rel} was written"
+        return
+    assert out.exit_code == 0 and not errors, everything
+    recorded = RECORD_READERS[expect.stage](tmp_path / expect.folder)
+    assert set(recorded) == set(expect.outcomes), recorded
+    for structure_id, (outcome, reason) in expect.outcomes.items():
+        got_outcome, got_reason = recorded[structure_id]
+        assert re.fullmatch(outcome, got_outcome), (structure_id, recorded[structure_id])
+        assert re.search(reason, got_reason), (structure_id, recorded[structure_id])
+    setup.kept.clear()
+
+
+# ---- beyond the table: what the cases rest on ------------------------------------------------------------------
+def test_coincident_atoms_are_zero_apart_like_ase(tmp_path):
+    """``min_distances`` against ASE's neighbour list (self-images included, its own zero term excluded)."""
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    from aloe.structures import StructureBatch
+
+    rng = np.random.default_rng(7)
+    frames, twins = [], []
+    for k in range(12):
+        cell = np.diag(rng.uniform(2.5, 5.0, 3)) + rng.uniform(-0.4, 0.4, (3, 3))
+        frac = rng.uniform(0, 1, (int(rng.integers(1, 6)), 3))
+        if len(frac) > 1 and k % 3 == 0:
+            frac[-1] = frac[0]  # two atoms at one point
+        elif len(frac) > 1 and k % 3 == 1:
+            frac[-1] = frac[0] + [1.0, 0.0, -1.0]  # the same point, in another image
+        twins.append(len(frac) > 1 and k % 3 < 2)
+        frames.append(Atoms(f"Cu{len(frac)}", scaled_positions=frac, cell=cell, pbc=True))
+    ours = StructureBatch.from_atoms(frames).min_distances()
+    for atoms, d in zip(frames, ours, strict=True):
+        assert d == pytest.approx(neighbor_list("d", atoms, 6.0).min(), abs=1e-9)
+    assert any(twins) and (ours[twins] < 1e-9).all()
+
+
+def test_degenerate_cells_are_listed_per_structure():
+    from ase import Atoms
+
+    from aloe.structures import StructureBatch
+
+    frames = [
+        Atoms("Cu", cell=[3.0, 3.0, 3.0], pbc=True),
+        Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 0]], cell=[[3, 0, 0], [0, 3, 0], [0, 0, 0]], pbc=True),
+        Atoms("Cu", cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True),  # coplanar vectors
+        Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 0]]),  # an xyz file without a cell
+    ]
+    batch = StructureBatch.from_atoms(frames)  # no LinAlgError
+    problems = batch.problems()
+    assert sorted(problems) == [1, 2, 3]
+    assert all(p.startswith("degenerate cell") for p in problems.values())
+    d = batch.min_distances()
+    assert d[0] == pytest.approx(3.0) and np.isnan(d[1:]).all()
+
+
+LOCK_HOLDER = """
+import sys, time
+from aloe.runs import claim_folder
+claim = claim_folder(sys.argv[1], "run.yaml", "a test")
+if sys.argv[2] == "fork":  # a forked worker that outlives its parent must not keep the folder locked
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+    child.start()
+    print(child.pid, flush=True)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("workers", ["alone", "fork"])
+def test_a_kill_9_releases_the_lock(tmp_path, workers):
+    folder = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(folder), workers], stdout=subprocess.PIPE, text=True
+    )
+    child_pid = int(proc.stdout.readline()) if workers == "fork" else None
+    assert proc.stdout.readline().strip() == "ready"
+    with pytest.raises(Exception, match=rf"run folder .*run in use by process {proc.pid}\b"):
+        claim_folder(folder, "run.yaml", "the test")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        claim = claim_folder(folder, "run.yaml", "the test")  # the kernel dropped the dead holder's lock
+        claim.release()
+    finally:
+        if child_pid is not None:
+            os.kill(child_pid, signal.SIGKILL)
+
+
+def test_a_killed_stage_resumes_after_kill_9(tmp_path):
+    """A generate run killed with SIGKILL leaves a lock file behind that does not block the resumed run."""
+    args = [sys.executable, "-m", "aloe.cli.main", "generate", "-p", "builtin:binary", "--sample", "30000"]
+    args += ["--chunk-size", "1500", "--no-progress", "-o", str(tmp_path / "run")]
+    env = {**os.environ, "ALOE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = tmp_path / "run" / "chunks"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(chunks.glob("chunk-*.parquet")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "run" / "run.lock").exists()
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "summary.yaml").exists()
+
+
+def test_shards_share_a_folder_but_not_a_shard(tmp_path):
+    """Shards of one generate run may work in its folder at once; the same shard twice, or a whole run, may not."""
+    from aloe.errors import AloeError
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom aloe.runs import claim_folder\n"
+            "c = claim_folder(sys.argv[1], 'run.yaml', 't', 'run-shard-0-of-2.lock', shared=True)\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n",
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        other = claim_folder(folder, "run.yaml", "t", "run-shard-1-of-2.lock", shared=True)
+        other.release()
+        with pytest.raises(AloeError, match=f"in use by process {holder.pid}"):
+            claim_folder(folder, "run.yaml", "t", "run-shard-0-of-2.lock", shared=True)
+        with pytest.raises(AloeError, match="in use by process"):
+            claim_folder(folder, "run.yaml", "t")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_resumed_stage_in_the_same_process_shares_the_lock(tmp_path):
+    first = claim_folder(tmp_path / "run", "run.yaml", "t")
+    second = claim_folder(tmp_path / "run", "run.yaml", "t")
+    second.release()
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom aloe.runs import claim_folder\nclaim_folder(sys.argv[1], 'run.yaml', 't')",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "in use by process" in probe.stderr  # still held by ``first``
+    first.release()
+    probe = subprocess.run(probe.args, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
