@@ -350,7 +350,8 @@ def choose_reference(
     ----------
     results
         ``name -> candidate details`` as :func:`compute_reference` records them (``energy_per_atom`` and
-        ``error``); a form found implausibly bound gets its ``error`` set and its energy cleared, in place.
+        ``error``); a form found implausibly bound gets its ``error`` set and its energy moved to
+        ``rejected_energy_per_atom``, in place.
     isolated
         The model's isolated-atom energy (eV), or ``None``.
     settings
@@ -381,7 +382,7 @@ def choose_reference(
                     f"eV/atom below the other forms (median {np.median(others):.3f})"
                     + (f" and the isolated atom at {isolated:.3f})" if isolated is not None else ")")
                 )
-                r["energy_per_atom"] = None
+                r["rejected_energy_per_atom"], r["energy_per_atom"] = r["energy_per_atom"], None
     usable = {n: r for n, r in results.items() if r["error"] is None}
     if not usable:
         return None
@@ -509,6 +510,8 @@ def _one_blas_thread() -> Iterator[None]:
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a dependency
         yield
         return
+    import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS now: a limit covers only loaded libraries)
+
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 
