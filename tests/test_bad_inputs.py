@@ -144,6 +144,11 @@ GOOD_FRAME = (
 )
 
 
+AM_FRAME = (  # americium: beyond CHGNet's elements
+    '1\nLattice="3.5 0.0 0.0 0.0 3.5 0.0 0.0 0.0 3.5" Properties=species:S:1:pos:R:3 pbc="T T T"\nAm 0.0 0.0 0.0\n'
+)
+
+
 def _frames(*frames: str) -> str:
     return "".join(frames)
 
@@ -267,7 +272,31 @@ CASES: list[Case] = [
         ),
     ),
     # -- screen: an element a model cannot handle fails only the structures containing it --
-    # (the references part of issue 10 adds its row here: Am with CHGNet, recorded per structure)
+    Case(
+        "screen-element-a-model-cannot-handle",  # CHGNet embeds Z <= 94: Am (95) raises IndexError in the model
+        lambda s: [
+            "screen",
+            s.file("am.extxyz", _frames(GOOD_FRAME, AM_FRAME, GOOD_FRAME)),
+            "-o",
+            str(s.tmp / "out"),
+            "-m",
+            "chgnet-0.3.0",
+            "-m",
+            LJ[0],
+            "--references",
+            s.file("cu.yaml", "Cu: -3.7\n"),  # Am's references are computed (and fail for CHGNet)
+            "--no-progress",
+        ],
+        Recorded(
+            "screen",
+            "out",
+            {
+                "am.extxyz:0": (r"rejected|selected|discarded", ""),
+                "am.extxyz:1": ("failed", r"^no chgnet-0\.3\.0 reference for Am: every form: .*IndexError"),
+                "am.extxyz:2": (r"rejected|selected|discarded", ""),
+            },
+        ),
+    ),
     #
     # -- files that cannot be read: one line naming the file, the frame / record and the problem --
     Case(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,27 +51,56 @@ def load_screen_committee(settings: ScreenSettings) -> Committee:
     return Committee(members)
 
 
-def _reference_task(task: tuple[str, int, str]) -> str:
+def _reference_task(task: tuple[str, int, str]) -> tuple[int, str, float, dict[str, Any] | str]:
+    """One member's reference of one element, computed and cached in a worker.
+
+    Returns ``(member, element, seconds, details)``, the details being the reference's info (winner ...) or, for an
+    element the member has no reference for, the reason (a string): the screen goes on without that element.
+    """
     settings_json, member, element = task
     from aloe.potentials.references import ReferenceStore
 
-    ReferenceStore().get(_committee_for(settings_json).members[member], [element])
-    return element
+    t0 = time.perf_counter()
+    refs = ReferenceStore().references(_committee_for(settings_json).members[member], [element], strict=False)
+    seconds = time.perf_counter() - t0
+    return member, element, seconds, refs.failed.get(element, refs.info.get(element, {}))
 
 
 def resolve_references(
-    committee: Committee, elements: list[str], settings: ScreenSettings, settings_json: str | None = None
+    committee: Committee,
+    elements: list[str],
+    settings: ScreenSettings,
+    settings_json: str | None = None,
+    *,
+    failed: dict[str, str] | None = None,
 ) -> list[dict[str, float]] | None:
     """Each member's elemental reference energies (eV/atom) for ``elements``; ``None`` for the total basis.
 
-    Missing references are computed (relaxations of elemental forms, minutes per model for light elements) and
-    cached; with several workers they are computed in parallel, one (model, element) pair per task.
+    Missing references are computed (relaxations of elemental forms, seconds per element and model) and cached;
+    with several workers they are computed in parallel, one (model, element) pair per task. Each computed element
+    gets one progress line (``references chgnet-r2scan: F 12/89 (3.2 s, winner dimer)``).
+
+    Parameters
+    ----------
+    failed
+        When given, an element that some member has no reference for (not in the table or the cache with
+        computing off, or none of its forms usable: an element the model cannot handle, like Am for CHGNet) is
+        left out of every member's references and recorded here, ``symbol -> "no <model> reference for <symbol>:
+        <why>"``; the screen then fails only the structures containing it. When ``None``, such an element raises.
+
+    Raises
+    ------
+    AloeError
+        Without ``failed``, for the first element without a reference.
+
     """
     if settings.energy_basis == "total" and settings.references is None and not settings.compute_references:
         return None
-    from aloe.potentials.references import ReferenceStore
+    from aloe.potentials.references import ReferenceStore, progress_line, report_progress
 
     store = ReferenceStore()
+    # member -> element -> why not, from the worker tasks (so the serial pass below does not try them again)
+    unavailable: dict[int, dict[str, str]] = defaultdict(dict)
     if settings.workers > 1 and settings.compute_references and settings.references is None and settings_json:
         tasks = [
             (settings_json, k, element)
@@ -79,23 +109,50 @@ def resolve_references(
             if element not in store.cached(member)
         ]
         if tasks:
-            bar = make_bar(
-                enabled=settings.progress, total=len(tasks), desc="elemental references", unit="ref"
-            )
+            totals = Counter(k for _, k, _ in tasks)
+            done: Counter[int] = Counter()
             executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-            for _ in executor.map_unordered(_reference_task, tasks):
-                bar.update(1)
-            bar.close()
-    return [
-        store.get(
+            for k, element, seconds, details in executor.map_unordered(_reference_task, tasks):
+                done[k] += 1
+                name = committee.members[k].name
+                report_progress(
+                    progress_line(name, element, done[k], totals[k], seconds, details), settings.progress
+                )
+                if isinstance(details, str):
+                    unavailable[k][element] = details
+    references = []
+    missing: dict[str, str] = {}
+    for k, member in enumerate(committee.members):
+        refs = store.references(
             member,
-            elements,
+            [e for e in elements if e not in unavailable[k]],
             table=settings.references,
             compute=settings.compute_references,
             progress=settings.progress,
+            strict=False,
         )
-        for member in committee.members
-    ]
+        for symbol, why in {**unavailable[k], **refs.failed}.items():
+            missing.setdefault(symbol, f"no {member.name} reference for {symbol}: {why}")
+        references.append(refs.as_dict())
+    if missing and failed is None:
+        raise AloeError(next(iter(missing.values())))
+    if failed is not None:
+        failed.update(missing)
+    # An element missing for one member is left out for all: its structures cannot be compared.
+    return [{s: v for s, v in refs.items() if s not in missing} for refs in references]
+
+
+def rows_with_elements(batch, reasons: Mapping[str, str]) -> dict[int, str]:
+    """Rows of ``batch`` that contain an element of ``reasons`` -> that element's reason (the lowest Z first)."""
+    if not reasons:
+        return {}
+    by_z = {symbol_to_z(symbol): why for symbol, why in reasons.items()}
+    owner = np.repeat(np.arange(len(batch.offsets) - 1), np.diff(batch.offsets))
+    hit = np.isin(batch.numbers, list(by_z))
+    out: dict[int, str] = {}
+    for z, r in sorted(zip(batch.numbers[hit].tolist(), owner[hit].tolist(), strict=True)):
+        out.setdefault(int(r), by_z[int(z)])
+    return out
 
 
 def reference_tables(references: list[dict[str, float]] | None) -> list[np.ndarray] | None:
@@ -124,17 +181,31 @@ def _committee_for(settings_json: str) -> Committee:
     return committee
 
 
-def screen_rows(rows, committee: Committee, settings: ScreenSettings, tables: list[np.ndarray] | None):
-    """Screen the structures of one chunk; returns ``(metrics, model_seconds, min_distances)``."""
+def screen_rows(
+    rows,
+    committee: Committee,
+    settings: ScreenSettings,
+    tables: list[np.ndarray] | None,
+    no_reference: Mapping[str, str] | None = None,
+):
+    """Screen the structures of one chunk; returns ``(metrics, model_seconds, min_distances)``.
+
+    ``no_reference`` maps elements without a reference to the reason: structures containing one fail with it.
+    """
     batch = rows.batch()
+    # A degenerate cell or non-finite coordinates fail that structure only (its min distance is NaN).
+    invalid = {r: f"invalid structure: {problem}" for r, problem in batch.problems().items()}
+    # So does an element some member has no reference for; the structure is not sent to the models.
+    for r, reason in rows_with_elements(batch, no_reference or {}).items():
+        invalid.setdefault(r, reason)
     min_dist = batch.min_distances()
     overlap = {
         int(r): f"atoms {min_dist[r]:.3g} A apart (< {settings.discard.min_distance} A)"
         for r in np.flatnonzero(min_dist < settings.discard.min_distance)
     }
-    energies, forces, stresses, failures, seconds = [], [], [], {}, 0.0
+    energies, forces, stresses, failures, seconds = [], [], [], dict(invalid), 0.0
     for rows_idx, sub in batch.chunks(settings.batch_size):
-        skip = {j for j, r in enumerate(rows_idx.tolist()) if r in overlap}
+        skip = {j for j, r in enumerate(rows_idx.tolist()) if r in overlap or r in invalid}
         pred = committee.predict(sub, skip=skip)
         energies.append(pred.energy)
         forces.append(pred.forces)
@@ -199,7 +270,9 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
     committee = _committee_for(task["settings"])
     rows = read_chunk(task["input"])
     tables = reference_tables(task["references"])
-    metrics, model_seconds, min_dist = screen_rows(rows, committee, settings, tables)
+    metrics, model_seconds, min_dist = screen_rows(
+        rows, committee, settings, tables, task.get("no_reference")
+    )
     selected = rows.table.filter(pa.array(metrics.selected))
     with atomic_path(task["selected"]) as tmp:
         write_table(selected, tmp)
@@ -258,7 +331,8 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
     _COMMITTEES.clear()
     _COMMITTEES[settings_json] = committee
     t0 = time.perf_counter()
-    references = resolve_references(committee, elements, settings, settings_json)
+    no_reference: dict[str, str] = {}
+    references = resolve_references(committee, elements, settings, settings_json, failed=no_reference)
     if references is not None:
         write_yaml_atomic(run.path / REFERENCES_FILE, dict(zip(committee.names, references, strict=True)))
     timings["references"] = time.perf_counter() - t0
@@ -272,6 +346,7 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
             "selected": str(run.path / SELECTED_DIR / f"{c.name}.parquet"),
             "settings": settings_json,
             "references": references,
+            "no_reference": no_reference,
         }
         for c in todo
     )
@@ -305,6 +380,8 @@ def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult
             "elements": elements,
         }
     )
+    if no_reference:
+        counts["elements_without_reference"] = no_reference
     if work_seconds > 0:
         counts["share_inside_models"] = round(model_seconds / work_seconds, 4)
     timings["summary"] = time.perf_counter() - t0
