@@ -35,9 +35,9 @@ falls to 0.33 A^3/atom within four FIRE steps, by then 23 s and 3 GB per step. S
 BEFORE each model call (the calculator is wrapped), and the form ends as rejected, with the reason recorded
 (``stopped``), when
 
-- about more than ``max_neighbors`` (400) atoms lie within ``neighbor_cutoff`` (6 A) of an atom, estimated as number
-  density times the sphere's volume (the mean count, which is what a model's graph grows with): 2.5 times the
-  densest real elemental solid (diamond, 160), a volume per atom below 2.26 A^3 at the defaults;
+- more than ``max_neighbors`` (400) atoms lie within ``neighbor_cutoff`` (6 A) of an atom on average, estimated as
+  number density times the sphere's volume (what a model's graph grows with; within 12% of the exact count at such
+  densities): 2.5 times the densest real elemental solid (diamond, 160), a volume per atom below 2.26 A^3;
 - the volume per atom leaves ``[min_volume_ratio, max_volume_ratio]`` (0.2, 20) times its starting value;
 - two atoms come closer than ``min_distance``;
 - the form has relaxed for longer than ``max_seconds`` (300 s; a last resort that makes the result depend on the
@@ -122,8 +122,8 @@ class ReferenceSettings(AloeSettings):
     max_neighbors: float | None = Field(
         400.0,
         gt=0,
-        description="Stop a relaxation (before the model call) when about more than this many atoms lie within "
-        "neighbor_cutoff of an atom (number density x sphere volume); 2.5x diamond's 160. None: no check.",
+        description="Stop a relaxation (before the model call) when more than this many atoms lie within "
+        "neighbor_cutoff of an atom on average (number density x sphere volume); 2.5x diamond's 160. None: no check.",
     )
     neighbor_cutoff: float = Field(
         6.0,
