@@ -354,7 +354,9 @@ CASES: list[Case] = [
             s.file("null.jsonl", _null_coordinate_jsonl()),
             str(s.tmp / "out.extxyz"),
         ],
-        Refused(r"null\.jsonl: line 2: 'structure' site 0 has NaN or infinite 'abc'", absent=("out.extxyz",)),
+        Refused(
+            r"null\.jsonl: line 2: 'structure' site 0 has a null 'abc' coordinate", absent=("out.extxyz",)
+        ),
     ),
     # -- configs: the file and the section are named, and nothing is written --
     Case(

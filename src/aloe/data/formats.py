@@ -55,7 +55,7 @@ import numpy as np
 from aloe.data.records import REQUIRED_KEYS, stress_from_kbar, stress_to_kbar
 from aloe.errors import AloeError, InputFileError
 from aloe.runs import atomic_path
-from aloe.structures import cell_problem
+from aloe.structures import MIN_CELL_VOLUME, MIN_CELL_VOLUME_RATIO, cell_problem
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -238,34 +238,52 @@ def check_record(doc: Any) -> str | None:
     return None
 
 
+_ABSENT = object()
+
+
 def _structure_numbers_problem(matrix: Any, sites: list[Any]) -> str | None:
     """A lattice that is not 3 x 3 finite numbers or is degenerate, or site coordinates that are not finite.
 
     JSON has no NaN: a writer would turn one into ``null`` and the file would fail only when read later, so a
-    record with one is refused where it is read.
+    record with one is refused where it is read. Plain arithmetic on the nested lists (no numpy arrays): this runs
+    for every record of a dataset. A sum is NaN exactly when a term is NaN or infinite (``inf - inf`` is NaN), and
+    a ``None`` or a string among the numbers raises ``TypeError``.
     """
     try:
-        cell = np.asarray(matrix, dtype=float)
+        (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = matrix
+        volume = a1 * (b2 * c3 - b3 * c2) - a2 * (b1 * c3 - b3 * c1) + a3 * (b1 * c2 - b2 * c1)
+        lengths = (
+            (a1 * a1 + a2 * a2 + a3 * a3) * (b1 * b1 + b2 * b2 + b3 * b3) * (c1 * c1 + c2 * c2 + c3 * c3)
+        ) ** 0.5
+        total = a1 + a2 + a3 + b1 + b2 + b3 + c1 + c2 + c3
+        finite = total - total == 0.0
     except (TypeError, ValueError):
+        finite = None
+    if not isinstance(finite, bool):
         return f"'structure' lattice 'matrix' must be 3 x 3 numbers, got {_short(matrix)}"
-    if cell.shape != (3, 3):
-        return f"'structure' lattice 'matrix' has shape {cell.shape}, not (3, 3)"
-    problem = cell_problem(cell)
-    if problem:
-        return f"'structure' lattice: {problem}"
-    for key in ("abc", "xyz"):
-        values = [site.get(key) for site in sites if isinstance(site, dict) and key in site]
-        if not values:
-            continue
-        try:
-            coords = np.asarray(values, dtype=float)
-        except (TypeError, ValueError):
-            return f"'structure' site '{key}' coordinates must be 3 numbers each"
-        if coords.shape != (len(values), 3):
-            return f"'structure' site '{key}' coordinates must be 3 numbers each"
-        if not np.isfinite(coords).all():
-            row = int(np.flatnonzero(~np.isfinite(coords).all(axis=1))[0])
-            return f"'structure' site {row} has NaN or infinite '{key}' coordinates"
+    if not finite:
+        return "'structure' lattice: cell holds NaN or infinite values"
+    volume = abs(volume)
+    if volume < MIN_CELL_VOLUME or volume < MIN_CELL_VOLUME_RATIO * lengths:
+        return f"'structure' lattice: {cell_problem(np.asarray(matrix, dtype=float))}"
+    for k, site in enumerate(sites):
+        if not isinstance(site, dict):
+            return f"'structure' site {k} is not a mapping"
+        for key in ("abc", "xyz"):
+            coords = site.get(key, _ABSENT)
+            if coords is not _ABSENT:
+                try:
+                    x, y, z = coords
+                    total = x + y + z
+                    finite = total - total == 0.0
+                except (TypeError, ValueError):
+                    if isinstance(coords, list) and None in coords:  # what a writer makes of a NaN in JSON
+                        return f"'structure' site {k} has a null '{key}' coordinate (NaN written as JSON?)"
+                    return f"'structure' site {k}: '{key}' must be 3 numbers, got {_short(coords)}"
+                if finite is not True:
+                    if finite is False:
+                        return f"'structure' site {k} has NaN or infinite '{key}' coordinates"
+                    return f"'structure' site {k}: '{key}' must be 3 numbers, got {_short(coords)}"
     return None
 
 
