@@ -389,6 +389,11 @@ CASES: list[Case] = [
         Refused(FOREIGN.format(verb="screen"), absent=("mine/run.yaml", "mine/inputs")),
     ),
     Case(
+        "select-into-a-foreign-folder",
+        lambda s: ["select", zero_volume_xyz(s), "-o", foreign_folder(s), "--no-progress"],
+        Refused(FOREIGN.format(verb="select"), absent=("mine/run.yaml", "mine/inputs")),
+    ),
+    Case(
         "label-into-a-foreign-folder",
         lambda s: ["label", zero_volume_xyz(s), "-o", foreign_folder(s), *LABEL_FAST],
         Refused(FOREIGN.format(verb="label"), absent=("mine/run.yaml", "mine/work")),
