@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -461,11 +462,15 @@ def run_cli(args: list[str], tmp: Path, in_subprocess: bool) -> Outcome:
             timeout=CHILD_TIMEOUT_S,  # a case that is not refused any more fails instead of running a whole job
         )
         return Outcome(proc.returncode, proc.stdout, proc.stderr, None)
-    result = CliRunner().invoke(app, args, env=env)
+    # A warning that is not sent to a run log would reach the user's screen: count it as a line of stderr.
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        result = CliRunner().invoke(app, args, env=env)
+    stderr = result.stderr + "".join(f"{w.category.__name__}: {w.message}\n" for w in shown)
     crashed = None
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         crashed = f"{type(result.exception).__name__}: {result.exception}"
-    return Outcome(result.exit_code, result.stdout, result.stderr, crashed)
+    return Outcome(result.exit_code, result.stdout, stderr, crashed)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
@@ -483,6 +488,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     if isinstance(expect, Refused):
         assert out.exit_code == expect.exit_code, everything
         assert len(errors) == 1, everything
+        # nothing else on the screen's error stream (a library warning would be a second line)
+        assert [line for line in out.stderr.splitlines() if line.strip()] == errors, out.stderr
         assert re.search(expect.pattern, errors[0]), errors[0]
         for rel in expect.absent:
             assert not (tmp_path / rel).exists(), f"{rel} was written"

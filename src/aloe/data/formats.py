@@ -336,11 +336,21 @@ def structure_dict(
 ) -> dict[str, Any]:
     """A pymatgen ``Structure.as_dict()``-shaped dict built with numpy only (``Structure.from_dict`` reads it).
 
-    Fractional coordinates are ``positions @ inv(cell)``, as pymatgen computes them.
+    Fractional coordinates are ``positions @ inv(cell)``, as pymatgen computes them; a non-finite position gives
+    non-finite ones (which :func:`check_record` refuses, naming the site).
+
+    Raises
+    ------
+    ValueError
+        A cell without an inverse (see :func:`aloe.structures.cell_problem`).
     """
     matrix = np.asarray(cell, dtype=float).reshape(3, 3)
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
-    frac = np.dot(positions, np.linalg.inv(matrix))
+    problem = cell_problem(matrix)
+    if problem:
+        raise ValueError(problem)
+    with np.errstate(invalid="ignore", over="ignore"):
+        frac = np.dot(positions, np.linalg.inv(matrix))
     lengths = np.sqrt((matrix**2).sum(axis=1))
     angles = []
     for i, j in ((1, 2), (0, 2), (0, 1)):
