@@ -59,9 +59,15 @@ class Setup:
     kept: list[Any] = field(default_factory=list)
 
     def keep(self, obj: Any) -> Any:
-        """Keep ``obj`` alive until the command has run (a lock held by this test process)."""
+        """Keep ``obj`` (with a ``release()``: a lock held by this test process) until the command has run."""
         self.kept.append(obj)
         return obj
+
+    def close(self) -> None:
+        """Release what was kept (locks)."""
+        for obj in self.kept:
+            obj.release()
+        self.kept.clear()
 
     def file(self, name: str, text: str) -> str:
         """Write ``text`` to ``tmp/name``; return the path as a string."""
@@ -478,8 +484,10 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # a default run folder (runs/...) would land here
     setup = Setup(tmp_path)
-    args = case.make(setup)
-    out = run_cli(args, tmp_path, case.subprocess)
+    try:
+        out = run_cli(case.make(setup), tmp_path, case.subprocess)
+    finally:
+        setup.close()
     everything = out.stdout + out.stderr
     assert out.crashed is None, f"an exception escaped the CLI: {out.crashed}"
     assert "Traceback" not in everything, everything
@@ -501,7 +509,6 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         got_outcome, got_reason = recorded[structure_id]
         assert re.fullmatch(outcome, got_outcome), (structure_id, recorded[structure_id])
         assert re.search(reason, got_reason), (structure_id, recorded[structure_id])
-    setup.kept.clear()
 
 
 # ---- beyond the table: what the cases rest on ------------------------------------------------------------------
