@@ -254,6 +254,27 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "screen-nan-position",
+        lambda s: [
+            "screen",
+            s.file("nan.extxyz", _frames(GOOD_FRAME, GOOD_FRAME.replace("Cu 1.8 1.8 0.0", "Cu nan 1.8 0.0"))),
+            "-o",
+            str(s.tmp / "out"),
+            *SCREEN_FAST,
+        ],
+        Recorded(
+            "screen",
+            "out",
+            {
+                "nan.extxyz:0": (r"rejected|selected", ""),
+                "nan.extxyz:1": (
+                    "failed",
+                    r"invalid structure: atomic positions hold NaN or infinite values",
+                ),
+            },
+        ),
+    ),
+    Case(
         "label-zero-volume-cell",
         lambda s: ["label", zero_volume_xyz(s), "-o", str(s.tmp / "out"), *LABEL_FAST],
         Recorded(
