@@ -2,7 +2,8 @@
 
 Off a terminal (a pipe, a file, a batch job's output) a redrawn bar would be one long line of carriage returns, so
 the progress is written as plain lines instead: ``[iter 1/2] label (gpaw): 4/6 structures, 4 ok, 0 failed, 02:31``,
-at most one every :data:`LINE_INTERVAL` seconds and one when the bar closes. The ``[iter 1/2]`` prefix
+at most one every :data:`LINE_INTERVAL` seconds, one a minute while nothing changes, and one when the bar
+closes. The ``[iter 1/2]`` prefix
 comes from :func:`progress_prefix` (the loop sets it around each stage). Both go to aloe's console
 (:mod:`aloe.logs`): the terminal, and the run log when one is open.
 """
@@ -23,6 +24,10 @@ T = TypeVar("T")
 
 #: Seconds between two plain progress lines of one bar (the last line is always written).
 LINE_INTERVAL = 10.0
+#: Seconds after which a line is written even when nothing changed.
+HEARTBEAT = 60.0
+#: Seconds a due line waits for the counts a stage sets right after an update.
+SETTLE = 0.2
 
 #: Text put before every bar's description (``[iter 1/2] `` while the loop runs a stage).
 _prefix = ""
@@ -98,63 +103,105 @@ def _plural(unit: str) -> str:
     return unit if unit.endswith("s") else unit + "s"
 
 
-class LineProgress:
-    """Progress as plain lines: after an update at most every :data:`LINE_INTERVAL` s, and one at the close.
+class _Counts:
+    """What a progress line says: ``desc: n/total units, postfix, mm:ss``."""
 
-    Has the parts of tqdm's API that aloe uses (``update``, ``set_postfix``, ``set_postfix_str``, ``close``).
-    """
-
-    def __init__(
-        self, total: int | None, desc: str, unit: str = "it", interval: float = LINE_INTERVAL
-    ) -> None:
-        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit = total, desc, unit
         self.n = 0
         self.postfix = ""
-        self.started = self.last = time.monotonic()
-        self.closed = False
-        self._written_at: int | None = None
-        self._lock = threading.Lock()
+        self.started = time.monotonic()
 
-    def line(self) -> str:
-        """The current progress line."""
+    def _state(self) -> str:
         count = f"{self.n}/{self.total}" if self.total is not None else str(self.n)
         parts = [f"{self.desc}: {count} {_plural(self.unit)}"]
         if self.postfix:
             parts.append(self.postfix)
-        parts.append(format_seconds(time.monotonic() - self.started))
         return ", ".join(parts)
 
-    def _maybe_write(self, force: bool = False) -> None:
-        with self._lock:
-            now = time.monotonic()
-            # the last line is left to close(): a stage sets its final counts after the last update
-            done = self.total is not None and self.n >= self.total
-            if force or (not done and now - self.last >= self.interval):
-                echo(self.line())
-                self.last = now
-                self._written_at = self.n
-
-    def update(self, n: int = 1) -> None:
-        """``n`` more items done."""
-        self.n += n
-        self._maybe_write()
+    def line(self) -> str:
+        """The current progress line."""
+        return f"{self._state()}, {format_seconds(time.monotonic() - self.started)}"
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         """Shown after the progress: counts as ``4 ok, 0 failed``, other values as ``element Cu``."""
         items = dict(*args, **kwargs)
         self.postfix = ", ".join(_postfix_item(key, value) for key, value in items.items())
 
+
+class LineProgress(_Counts):
+    """Progress as plain lines, for pipes and log files.
+
+    A line is written when something changed and :data:`LINE_INTERVAL` seconds passed since the last one, every
+    :data:`HEARTBEAT` seconds while nothing changes (a DFT calculation can take minutes: the time shows the run is
+    alive), and at the close. A due line waits :data:`SETTLE` seconds, so that counts a stage sets right after an
+    update are in it. Has the parts of tqdm's API that aloe uses (``update``, ``set_postfix``, ``set_postfix_str``,
+    ``close``).
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        interval: float = LINE_INTERVAL,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        super().__init__(total, desc, unit)
+        self.interval, self.heartbeat = interval, heartbeat
+        self.last = self.started
+        self.closed = False
+        self._written = ""  # the last line without its time
+        self._due_at: float | None = None
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="aloe-progress", daemon=True)
+        self._thread.start()
+
+    def _write(self, now: float) -> None:
+        echo(self.line())
+        self.last, self._written, self._due_at = now, self._state(), None
+
+    def _changed(self) -> None:
+        """Something changed: a line is due once the interval since the last one is over (not for the last item)."""
+        with self._lock:
+            now = time.monotonic()
+            done = self.total is not None and self.n >= self.total  # close() writes that line
+            if not done and self._due_at is None and self._state() != self._written:
+                self._due_at = max(now + SETTLE, self.last + self.interval)
+
+    def _watch(self) -> None:
+        while not self._halt.wait(SETTLE):
+            with self._lock:
+                now = time.monotonic()
+                if self._due_at is not None and now >= self._due_at:
+                    self._write(now)
+                elif now - self.last >= self.heartbeat:
+                    self._write(now)
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done."""
+        self.n += n
+        self._changed()
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Shown after the progress: counts as ``4 ok, 0 failed``, other values as ``element Cu``."""
+        super().set_postfix(*args, **kwargs)
+        self._changed()
+
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        """Free text after the progress (the train stage's epochs); written when a line is due."""
+        """Free text after the progress (the train stage's epochs)."""
         self.postfix = text
-        self._maybe_write()
+        self._changed()
 
     def close(self) -> None:
-        """Write the final line."""
+        """Write the final line and stop."""
         if self.closed:
             return
         self.closed = True
-        self._maybe_write(force=True)
+        self._halt.set()
+        with self._lock:
+            self._write(time.monotonic())
 
     def __enter__(self) -> LineProgress:
         return self
@@ -170,7 +217,7 @@ class _TerminalBar:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, **kwargs)
-        self._line = LineProgress(total, desc, unit)
+        self._line = _Counts(total, desc, unit)
 
     def update(self, n: int = 1) -> None:
         """``n`` more items done."""

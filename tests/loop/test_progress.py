@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,27 @@ def test_two_iteration_loop_with_mace_keeps_the_screen_to_aloe_messages(tmp_path
     # everything the screen showed is in the log too
     for line in lines:
         assert line in text
+
+
+def test_line_progress_writes_changes_with_their_counts_and_a_final_line(capsys):
+    from aloe.progress import LineProgress, progress_prefix
+
+    with progress_prefix("[iter 1/2] "):
+        from aloe.progress import make_bar
+
+        bar = make_bar(enabled=True, total=3, desc="label (emt)", unit="structure")
+    assert isinstance(bar, LineProgress)  # stdout is not a terminal under pytest's capture
+    bar.interval = 0.0
+    bar.update(1)
+    bar.set_postfix(ok=1, failed=0)  # counts set right after the update are in its line
+    time.sleep(1.0)
+    bar.set_postfix(ok=1, failed=0)  # nothing changed: no new line
+    time.sleep(1.0)
+    bar.update(2)
+    bar.set_postfix(ok=2, failed=1)
+    bar.close()
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"\[iter 1/2\] label \(emt\): 1/3 structures, 1 ok, 0 failed, 00:0\d", lines[0])
+    assert re.fullmatch(r"\[iter 1/2\] label \(emt\): 3/3 structures, 2 ok, 1 failed, 00:0\d", lines[1])

@@ -114,6 +114,10 @@ def _check_functional(xc: str) -> None:
 @contextmanager
 def _blas_threads(threads: int) -> Iterator[None]:
     """Limit OpenMP/BLAS threads in this process (GPAW's OpenBLAS included) for the block, then restore them."""
+    # threadpoolctl limits only the libraries already loaded: GPAW's eigensolver imports scipy.linalg lazily, and
+    # scipy's own OpenBLAS, loaded inside the block, kept all its threads (small eigh calls 20-100x slower in a
+    # fresh child process, on a busy machine).
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
