@@ -173,6 +173,23 @@ def run_old(
     return result
 
 
+OLD_RUNS = RESULTS / "bench_references-old-runs.json"
+
+
+def old_run(
+    old_src: Path, model: str, element: str, form: str, timeout: float, rss_gib: float
+) -> dict[str, Any]:
+    """:func:`run_old`, remembered in :data:`OLD_RUNS` (the old runs take long; a rerun of the comparison reuses)."""
+    memo = json.loads(OLD_RUNS.read_text()) if OLD_RUNS.exists() else {}
+    key = f"{model} {element} {form}"
+    if key not in memo:
+        memo[key] = run_old(old_src, model, element, form, timeout, rss_gib)
+        memo = {**(json.loads(OLD_RUNS.read_text()) if OLD_RUNS.exists() else {}), key: memo[key]}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        OLD_RUNS.write_text(json.dumps(memo, indent=1) + "\n")
+    return memo[key]
+
+
 def compare_with_old(
     result: dict[str, Any], old_src: Path, timeout: float, rss_gib: float, verify: int
 ) -> None:
@@ -184,7 +201,7 @@ def compare_with_old(
     untouched = []
     for row in result["elements"]:
         if "candidates" not in row:
-            row["old"] = run_old(old_src, model, row["element"], "*", timeout, rss_gib)
+            row["old"] = old_run(old_src, model, row["element"], "*", timeout, rss_gib)
             print(f"old {model} {row['element']}: {row['old']}", flush=True)
             continue
         stopped = [n for n, c in row["candidates"].items() if c["stopped"]]
@@ -199,7 +216,7 @@ def compare_with_old(
         forms = {n: dict(c) for n, c in row["candidates"].items()}
         runs = {}
         for name in stopped:
-            runs[name] = run_old(old_src, model, row["element"], name, timeout, rss_gib)
+            runs[name] = old_run(old_src, model, row["element"], name, timeout, rss_gib)
             print(f"old {model} {row['element']} {name}: {runs[name]}", flush=True)
             forms[name] = (
                 runs[name] if "limit" not in runs[name] else {**forms[name], "error": runs[name]["limit"]}
@@ -218,7 +235,7 @@ def compare_with_old(
             "unfinished": [n for n, r in runs.items() if "limit" in r],
         }
     for row in untouched[:verify]:
-        check = run_old(old_src, model, row["element"], "*", timeout, rss_gib)
+        check = old_run(old_src, model, row["element"], "*", timeout, rss_gib)
         row["old"]["verified"] = check
         print(f"verify {model} {row['element']}: {check} (new {row['energy_per_atom']})", flush=True)
 

@@ -35,16 +35,18 @@ falls to 0.33 A^3/atom within four FIRE steps, by then 23 s and 3 GB per step. S
 BEFORE each model call (the calculator is wrapped), and the form ends as rejected, with the reason recorded
 (``stopped``), when
 
-- more than ``max_neighbors`` (400) atoms lie within ``neighbor_cutoff`` (6 A) of an atom on average, estimated as
+- more than ``max_neighbors`` (500) atoms lie within ``neighbor_cutoff`` (6 A) of an atom on average, estimated as
   number density times the sphere's volume (what a model's graph grows with; within 12% of the exact count at such
-  densities): 2.5 times the densest real elemental solid (diamond, 160), a volume per atom below 2.26 A^3;
+  densities): about 3 times the densest real elemental solid (diamond, 160), a volume per atom below 1.81 A^3. It
+  lets C's close-packed starts through (466; chgnet-r2scan's hcp C relaxes into graphite-like layers, its lowest
+  form), and it keeps a step under about 0.5 s and 150 MB for CHGNet;
 - the volume per atom leaves ``[min_volume_ratio, max_volume_ratio]`` (0.2, 20) times its starting value;
 - two atoms come closer than ``min_distance``;
 - the form has relaxed for longer than ``max_seconds`` (300 s; a last resort that makes the result depend on the
   machine, so it is set far above what any form needs with the other guards in place: under 60 s here).
 
 A form may be rejected before its first step (a starting structure that is already too dense: the close-packed
-forms of C, N, O and F, whose ``2 r`` starts are 2.5-8 times denser than diamond). Relaxations run with one BLAS
+forms of N, O and F, whose ``2 r`` starts are 3-8 times denser than diamond). Relaxations run with one BLAS
 thread: ``FrechetCellFilter`` does many 3x3 matrix functions in SciPy, and OpenBLAS threads competing with the
 model's made them 10x slower on a busy 2-core machine (same numbers).
 
@@ -120,10 +122,10 @@ class ReferenceSettings(AloeSettings):
         "after its relaxation.",
     )
     max_neighbors: float | None = Field(
-        400.0,
+        500.0,
         gt=0,
         description="Stop a relaxation (before the model call) when more than this many atoms lie within "
-        "neighbor_cutoff of an atom on average (number density x sphere volume); 2.5x diamond's 160. None: no check.",
+        "neighbor_cutoff of an atom on average (number density x sphere volume); ~3x diamond's 160. None: no check.",
     )
     neighbor_cutoff: float = Field(
         6.0,
