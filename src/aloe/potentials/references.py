@@ -43,7 +43,8 @@ BEFORE each model call (the calculator is wrapped), and the form ends as rejecte
 - the volume per atom leaves ``[min_volume_ratio, max_volume_ratio]`` (0.2, 20) times its starting value;
 - two atoms come closer than ``min_distance``;
 - the form has relaxed for longer than ``max_seconds`` (300 s; a last resort that makes the result depend on the
-  machine, so it is set far above what any form needs with the other guards in place: under 60 s here).
+  machine, so it is set far above what any form needs with the other guards in place: at most 83 s in
+  ``benchmarks/bench_references.py`` on a busy 2-core machine).
 
 A form may be rejected before its first step (a starting structure that is already too dense: the close-packed
 forms of N, O and F, whose ``2 r`` starts are 3-8 times denser than diamond). Relaxations run with one BLAS
