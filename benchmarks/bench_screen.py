@@ -106,7 +106,9 @@ def baseline(run: Path, references: dict[str, dict[str, float]]) -> dict:
             ids.append(int(rows.index[r]))
     outcomes, details = {}, {}
     t0 = time.perf_counter()
-    for idx, structure in zip(ids, structures, strict=True):
+    for done, (idx, structure) in enumerate(zip(ids, structures, strict=True)):
+        if done and done % 250 == 0:  # a long loop on a busy machine: show that it moves
+            print(f"    {done}/{len(ids)} structures, {time.perf_counter() - t0:.0f} s", flush=True)
         atoms = AseAtomsAdaptor().get_atoms(structure)
         results = []
         for name, calc in zip(COMMITTEE, calcs, strict=True):
