@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 import yaml
@@ -34,6 +34,22 @@ ProgressOption = Annotated[
 ]
 WorkersOption = Annotated[int | None, typer.Option(help="Worker processes.")]
 ExecutorOption = Annotated[str | None, typer.Option(help="local, process or dask.")]
+ExecutorKindOption = Annotated[
+    Literal["local", "process", "dask"] | None,
+    typer.Option(
+        "--executor",
+        help="Where work runs: local (this process), process (a pool of --workers local processes), dask (Dask "
+        "distributed: --scheduler, or the cluster of the config's executor.cluster; a LocalCluster by default).",
+    ),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check the config and show where work would run (the batch job script of a Slurm/PBS cluster); "
+        "nothing is started or written.",
+    ),
+]
 SchedulerOption = Annotated[str | None, typer.Option(help="Dask scheduler address.")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
 BatchSizeOption = Annotated[int | None, typer.Option(help="Structures per forward pass.")]
@@ -110,7 +126,11 @@ def run_stage(
     command = invocation(ctx)
     with run_log(settings.output, command=command):
         announce_run_folder(settings.output)
-        return stage(settings, command=command)
+        from aloe.executors import stage_executor
+
+        # The CLI owns the executor: opened from the stage's run options, closed when the stage returns.
+        with stage_executor(None, settings) as executor:
+            return stage(settings, command=command, executor=executor)
 
 
 def announce_run_folder(path: Path) -> None:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aloe.cli.options import (
+    DryRunOption,
+    ExecutorKindOption,
     OutputOption,
     ProgressOption,
+    SchedulerOption,
     SetOption,
+    WorkersOption,
     announce_run_folder,
     invocation,
     parse_sets,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from aloe.loop.settings import RunConfig
 
 HELP = (
     "Run the active-learning loop of a config (sections run, generate, screen, select, label, train): iteration "
@@ -30,6 +37,10 @@ def run_command(
     output: OutputOption = None,
     set_: SetOption = None,
     progress: ProgressOption = None,
+    executor: ExecutorKindOption = None,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Run the active-learning loop."""
     with user_errors():
@@ -43,9 +54,15 @@ def run_command(
                 "run.iterations": iterations,
                 "run.output": str(output) if output else None,
                 "run.progress": progress,
+                "executor.kind": executor,
+                "executor.workers": workers,
+                "executor.scheduler": scheduler,
             },
         )
         config_model = load_run_config(config, overrides)
+        if dry_run:
+            _dry_run(config, config_model)
+            return
         if config_model.run.output is None:
             run = config_model.run.model_copy(update={"output": default_run_dir("run")})
             config_model = config_model.model_copy(update={"run": run})
@@ -67,6 +84,24 @@ def run_command(
                 if html.exists():
                     echo(f"report (HTML): {html}")
             echo(f"summary: {result.summary_path}")
+
+
+def _dry_run(path: Path, config: RunConfig) -> None:
+    """Print what a run of ``config`` would do and where its work would run; start and write nothing."""
+    from aloe.executors import describe_settings, render_job_script
+
+    settings, run = config.executor, config.run
+    folder = run.output if run.output is not None else "runs/run-<time>"
+    typer.echo(
+        f"{path}: valid; {run.iterations} iterations into {folder} (dry run: nothing started or written)"
+    )
+    typer.echo(f"executor: {describe_settings(settings)}")
+    if settings.kind == "dask" and not settings.scheduler and settings.cluster.kind != "local":
+        typer.echo(
+            f"batch script of each of the {settings.cluster.jobs} {settings.cluster.kind} jobs "
+            "(the scheduler address is filled in when the run starts):"
+        )
+        typer.echo(render_job_script(settings).rstrip("\n"))
 
 
 __all__ = ["HELP", "run_command"]
