@@ -36,6 +36,7 @@ from aloe.data.records import make_record, settings_id
 from aloe.errors import AloeError
 from aloe.executors import get_executor
 from aloe.label.base import Calculation, Labeler, LabelerError, check_physical
+from aloe.label.isolation import call_isolated
 from aloe.label.registry import load_labeler
 from aloe.label.settings import LabelSettings
 from aloe.progress import make_bar
@@ -57,44 +58,17 @@ PUBLISHED_REFS = Path(__file__).resolve().parents[1] / "data" / "matpes_elementa
 def run_calculation(
     labeler: Labeler, atoms: Atoms, workdir: Path, timeout: float | None, isolate: bool
 ) -> list[Calculation]:
-    """``labeler.calculate`` in this process, or in a child process that is killed after ``timeout`` seconds."""
+    """``labeler.calculate`` in this process, or in a child process that is killed after ``timeout`` seconds.
+
+    The child is a fresh interpreter (:func:`aloe.label.isolation.call_isolated`), which any process may start: a
+    local pool worker, a daemonic Dask worker, a Slurm job. A crash, a kill or a timeout costs this structure only
+    (``LabelerError`` ``crashed`` or ``timeout``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     if not isolate:
         return labeler.calculate(atoms, workdir)
-    ctx = multiprocessing.get_context("forkserver")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_calculate, args=(labeler, atoms, workdir, sender), daemon=True)
-    child.start()
-    sender.close()
-    try:
-        if not receiver.poll(timeout):
-            child.kill()
-            child.join(10)
-            raise LabelerError("timeout", f"stopped after {timeout:g} s")
-        try:
-            message = receiver.recv()
-        except EOFError:  # the child died without a word: crashed or killed
-            child.join(10)
-            raise LabelerError(
-                "crashed", f"the calculation process died (exit code {child.exitcode})"
-            ) from None
-    finally:
-        receiver.close()
-    child.join(10)
-    if message[0] == "ok":
-        return message[1]
-    raise LabelerError(message[1], message[2])
-
-
-def _child_calculate(labeler: Labeler, atoms: Atoms, workdir: Path, sender: Any) -> None:
-    try:
-        sender.send(("ok", labeler.calculate(atoms, workdir)))
-    except LabelerError as exc:
-        sender.send(("error", exc.kind, exc.message))
-    except Exception as exc:
-        sender.send(("error", "crashed", f"{type(exc).__name__}: {_first_line(exc)}"))
-    finally:
-        sender.close()
+    # the bound method, not a function of this module: the child then imports the labeler's module only
+    return call_isolated(labeler.calculate, (atoms, workdir), workdir, timeout)
 
 
 def _kill_after(labeler: Labeler, settings: LabelSettings) -> float | None:
