@@ -6,10 +6,12 @@ structures of the same input go through (:class:`Recorded`).
 
 To add a case, append a :class:`Case` to :data:`CASES` (keep the blocks by stage):
 
-- ``make(setup)`` builds the bad input under ``setup.tmp`` and returns the command line (verb first);
-  ``setup.keep(obj)`` keeps an object (a held lock) alive while the command runs;
-- ``expect`` is ``Refused(regex of the error line)`` or ``Recorded(stage, folder, {structure id: (outcome, regex
-  of the recorded reason)})``; add a reader to :data:`RECORD_READERS` for a new stage (bench ...);
+- ``make(setup)`` builds the bad input under ``setup.tmp`` and returns the command line (verb first; the helpers
+  :func:`screen`, :func:`label`, :func:`convert`, :func:`run_loop` write the usual ones); ``setup.keep(obj)``
+  keeps an object (a held lock) alive while the command runs;
+- ``expect`` is ``Refused(regex of the error line)`` (:func:`foreign` and :func:`in_use` for output folders) or
+  ``Recorded(stage, folder, {structure id: (outcome, regex of the recorded reason)})``; add a reader to
+  :data:`RECORD_READERS` for a new stage (bench ...);
 - ``subprocess=True`` runs ``python -m aloe.cli.main`` in a child process: the real exit status and stderr, and
   another process than the test's (needed where the test itself holds a lock).
 """
@@ -222,46 +224,75 @@ def generate_args(setup: Setup) -> list[str]:
     return ["generate", "-p", str(protos), "-e", "Al,Cu", "--no-progress"]
 
 
+def labelled_xyz(setup: Setup) -> str:
+    """Three labelled Cu frames (three different structures: enough for a train/valid/test split)."""
+    frames = [labelled_frame(p) for p in ("1.8 1.8 0.0", "1.75 1.8 0.05", "1.8 1.7 0.1")]
+    return setup.file("labelled.extxyz", _frames(*frames))
+
+
+# ---- command lines (``out``: a path, or the default output folder under ``setup.tmp``) ------------------------
+def screen(setup: Setup, xyz: str, out: str | None = None) -> list[str]:
+    """``aloe screen XYZ -o OUT`` with the Lennard-Jones committee, no references (OUT default: ``out``)."""
+    return ["screen", xyz, "-o", out or str(setup.tmp / "out"), *SCREEN_FAST]
+
+
+def label(setup: Setup, xyz: str, out: str | None = None) -> list[str]:
+    """``aloe label XYZ -o OUT`` with EMT, in this process (OUT default: ``out``)."""
+    return ["label", xyz, "-o", out or str(setup.tmp / "out"), *LABEL_FAST]
+
+
+def convert(setup: Setup, source: str, target: str) -> list[str]:
+    """``aloe data convert SOURCE tmp/TARGET``."""
+    return ["data", "convert", source, str(setup.tmp / target)]
+
+
+def run_loop(setup: Setup, sections: dict[str, Any], out: str | None = None) -> list[str]:
+    """``aloe run loop.yaml -o OUT`` with the config ``sections`` (OUT default: ``loop``)."""
+    return ["run", run_config(setup, sections), "-o", out or str(setup.tmp / "loop")]
+
+
+# ---- expectations used by several cases ------------------------------------------------------------------------
 FOREIGN = r"mine: folder is not empty and is not a run folder of aloe {verb} \(it holds notes\.txt\)"
+
+
+def foreign(verb: str, *absent: str) -> Refused:
+    """Refused: ``mine`` (see :func:`foreign_folder`) is not a run folder of ``verb``; ``absent`` not written."""
+    return Refused(FOREIGN.format(verb=verb), absent=absent)
+
+
+def in_use(*absent: str) -> Refused:
+    """Refused: the folder (see :func:`locked_run_folder`) is locked by the test process; ``absent`` not written."""
+    return Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=absent)
+
+
+def screened_flat_cell() -> Recorded:
+    """Frames 0 and 2 of :func:`zero_volume_xyz` screened, frame 1 failed for its degenerate cell."""
+    return Recorded(
+        "screen",
+        "out",
+        {
+            "flat.extxyz:0": (r"rejected|selected", ""),
+            "flat.extxyz:1": ("failed", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
+            "flat.extxyz:2": (r"rejected|selected", ""),
+        },
+    )
+
 
 # ---- the table ------------------------------------------------------------------------------------------------
 CASES: list[Case] = [
     # -- structures a stage cannot treat: recorded per structure, the rest goes on --
-    Case(
-        "screen-zero-volume-cell",
-        lambda s: ["screen", zero_volume_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
-        Recorded(
-            "screen",
-            "out",
-            {
-                "flat.extxyz:0": (r"rejected|selected", ""),
-                "flat.extxyz:1": ("failed", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
-                "flat.extxyz:2": (r"rejected|selected", ""),
-            },
-        ),
-    ),
+    Case("screen-zero-volume-cell", lambda s: screen(s, zero_volume_xyz(s)), screened_flat_cell()),
     Case(
         "screen-coplanar-cell-vectors",  # no zero vector for ASE to complete: numpy's "Singular matrix" before
-        lambda s: ["screen", zero_volume_xyz(s, "3.6 3.6 0.0"), "-o", str(s.tmp / "out"), *SCREEN_FAST],
-        Recorded(
-            "screen",
-            "out",
-            {
-                "flat.extxyz:0": (r"rejected|selected", ""),
-                "flat.extxyz:1": ("failed", r"invalid structure: degenerate cell \(volume 0 A\^3\)"),
-                "flat.extxyz:2": (r"rejected|selected", ""),
-            },
-        ),
+        lambda s: screen(s, zero_volume_xyz(s, "3.6 3.6 0.0")),
+        screened_flat_cell(),
     ),
     Case(
         "screen-nan-position",
-        lambda s: [
-            "screen",
+        lambda s: screen(
+            s,
             s.file("nan.extxyz", _frames(GOOD_FRAME, GOOD_FRAME.replace("Cu 1.8 1.8 0.0", "Cu nan 1.8 0.0"))),
-            "-o",
-            str(s.tmp / "out"),
-            *SCREEN_FAST,
-        ],
+        ),
         Recorded(
             "screen",
             "out",
@@ -276,7 +307,7 @@ CASES: list[Case] = [
     ),
     Case(
         "label-zero-volume-cell",
-        lambda s: ["label", zero_volume_xyz(s), "-o", str(s.tmp / "out"), *LABEL_FAST],
+        lambda s: label(s, zero_volume_xyz(s)),
         Recorded(
             "label",
             "out",
@@ -289,7 +320,7 @@ CASES: list[Case] = [
     ),
     Case(
         "screen-coincident-atoms",
-        lambda s: ["screen", coincident_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        lambda s: screen(s, coincident_xyz(s)),
         Recorded(
             "screen",
             "out",
@@ -329,59 +360,46 @@ CASES: list[Case] = [
     # -- files that cannot be read: one line naming the file, the frame / record and the problem --
     Case(
         "screen-unknown-element",
-        lambda s: ["screen", unknown_element_xyz(s), "-o", str(s.tmp / "out"), *SCREEN_FAST],
+        lambda s: screen(s, unknown_element_xyz(s)),
         Refused(r"xx\.extxyz: frame 1: unknown element 'Xx'$"),
     ),
     Case(
         "convert-unknown-element",
-        lambda s: ["data", "convert", unknown_element_xyz(s, labelled=True), str(s.tmp / "out.jsonl")],
+        lambda s: convert(s, unknown_element_xyz(s, labelled=True), "out.jsonl"),
         Refused(r"xx\.extxyz: frame 1: unknown element 'Xx'$", absent=("out.jsonl",)),
     ),
     Case(
         "convert-empty-jsonl",
-        lambda s: ["data", "convert", s.file("empty.jsonl", ""), str(s.tmp / "out.extxyz")],
+        lambda s: convert(s, s.file("empty.jsonl", ""), "out.extxyz"),
         Refused(r"empty\.jsonl: holds no records; nothing written$", absent=("out.extxyz",)),
     ),
     Case(
         "convert-empty-json-list",
-        lambda s: ["data", "convert", s.file("empty.json", "[]\n"), str(s.tmp / "out.jsonl")],
+        lambda s: convert(s, s.file("empty.json", "[]\n"), "out.jsonl"),
         Refused(r"empty\.json: holds no records; nothing written$", absent=("out.jsonl",)),
     ),
     Case(
         "convert-empty-extxyz",
-        lambda s: ["data", "convert", s.file("empty.extxyz", ""), str(s.tmp / "out.jsonl")],
+        lambda s: convert(s, s.file("empty.extxyz", ""), "out.jsonl"),
         Refused(r"empty\.extxyz: holds no records; nothing written$", absent=("out.jsonl",)),
     ),
     Case(
         "convert-nan-coordinate",
-        lambda s: [
-            "data",
-            "convert",
-            s.file("nan.extxyz", labelled_frame() + labelled_frame("nan 1.8 0.0")),
-            str(s.tmp / "out.jsonl"),
-        ],
+        lambda s: convert(
+            s, s.file("nan.extxyz", labelled_frame() + labelled_frame("nan 1.8 0.0")), "out.jsonl"
+        ),
         Refused(
             r"nan\.extxyz: frame 1: 'structure' site 3 has NaN or infinite '(abc|xyz)'", absent=("out.jsonl",)
         ),
     ),
     Case(
         "convert-infinite-coordinate",
-        lambda s: [
-            "data",
-            "convert",
-            s.file("inf.extxyz", labelled_frame("1.8 inf 0.0")),
-            str(s.tmp / "out.json"),
-        ],
+        lambda s: convert(s, s.file("inf.extxyz", labelled_frame("1.8 inf 0.0")), "out.json"),
         Refused(r"inf\.extxyz: frame 0: 'structure' site 3 has NaN or infinite", absent=("out.json",)),
     ),
     Case(
         "convert-null-coordinate-in-jsonl",
-        lambda s: [
-            "data",
-            "convert",
-            s.file("null.jsonl", _null_coordinate_jsonl()),
-            str(s.tmp / "out.extxyz"),
-        ],
+        lambda s: convert(s, s.file("null.jsonl", _null_coordinate_jsonl()), "out.extxyz"),
         Refused(
             r"null\.jsonl: line 2: 'structure' site 0 has a null 'abc' coordinate", absent=("out.extxyz",)
         ),
@@ -389,19 +407,19 @@ CASES: list[Case] = [
     # -- configs: the file and the section are named, and nothing is written --
     Case(
         "run-config-unknown-key",
-        lambda s: ["run", run_config(s, {"screen": {"bogus": 1}}), "-o", str(s.tmp / "loop")],
+        lambda s: run_loop(s, {"screen": {"bogus": 1}}),
         Refused(r"loop\.yaml: section 'screen': key 'bogus': unknown key$", absent=("loop",)),
         subprocess=True,
     ),
     Case(
         "run-config-ill-typed-key",
-        lambda s: ["run", run_config(s, {"generate": {"chunk_size": "many"}}), "-o", str(s.tmp / "loop")],
+        lambda s: run_loop(s, {"generate": {"chunk_size": "many"}}),
         Refused(r"loop\.yaml: section 'generate': key 'chunk_size': .*many", absent=("loop",)),
         subprocess=True,
     ),
     Case(
         "run-config-nested-key",
-        lambda s: ["run", run_config(s, {"label": {"gpaw": {"ecutt": 300}}}), "-o", str(s.tmp / "loop")],
+        lambda s: run_loop(s, {"label": {"gpaw": {"ecutt": 300}}}),
         Refused(r"loop\.yaml: section 'label': key 'gpaw\.ecutt': unknown key$", absent=("loop",)),
         subprocess=True,
     ),
@@ -409,45 +427,60 @@ CASES: list[Case] = [
     Case(
         "generate-into-a-foreign-folder",
         lambda s: [*generate_args(s), "-o", foreign_folder(s)],
-        Refused(FOREIGN.format(verb="generate"), absent=("mine/run.yaml", "mine/run.lock")),
+        foreign("generate", "mine/run.yaml", "mine/run.lock"),
     ),
     Case(
         "screen-into-a-foreign-folder",
-        lambda s: ["screen", zero_volume_xyz(s), "-o", foreign_folder(s), *SCREEN_FAST],
-        Refused(FOREIGN.format(verb="screen"), absent=("mine/run.yaml", "mine/inputs")),
+        lambda s: screen(s, zero_volume_xyz(s), foreign_folder(s)),
+        foreign("screen", "mine/run.yaml", "mine/inputs"),
     ),
     Case(
         "select-into-a-foreign-folder",
         lambda s: ["select", zero_volume_xyz(s), "-o", foreign_folder(s), "--no-progress"],
-        Refused(FOREIGN.format(verb="select"), absent=("mine/run.yaml", "mine/inputs")),
+        foreign("select", "mine/run.yaml", "mine/inputs"),
     ),
     Case(
         "label-into-a-foreign-folder",
-        lambda s: ["label", zero_volume_xyz(s), "-o", foreign_folder(s), *LABEL_FAST],
-        Refused(FOREIGN.format(verb="label"), absent=("mine/run.yaml", "mine/work")),
+        lambda s: label(s, zero_volume_xyz(s), foreign_folder(s)),
+        foreign("label", "mine/run.yaml", "mine/work"),
+    ),
+    Case(
+        "train-into-a-foreign-folder",  # inputs that would train: the folder is what stops it
+        lambda s: [
+            "train",
+            labelled_xyz(s),
+            "-o",
+            foreign_folder(s),
+            "--preset",
+            "tiny",
+            "--e0s",
+            "average",
+            "--no-progress",
+        ],
+        foreign("train", "mine/run.yaml", "mine/run.lock", "mine/members", "mine/models"),
     ),
     Case(
         "run-into-a-foreign-folder",
-        lambda s: ["run", run_config(s, {}), "-o", foreign_folder(s)],
-        Refused(FOREIGN.format(verb="run"), absent=("mine/config.yaml",)),
+        lambda s: run_loop(s, {}, foreign_folder(s)),
+        foreign("run", "mine/config.yaml"),
         subprocess=True,
     ),
     Case(
         "generate-in-a-locked-folder",
         lambda s: [*generate_args(s), "-o", locked_run_folder(s)],
-        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/run.yaml",)),
+        in_use("locked/run.yaml"),
         subprocess=True,
     ),
     Case(
         "label-in-a-locked-folder",
-        lambda s: ["label", zero_volume_xyz(s), "-o", locked_run_folder(s), *LABEL_FAST],
-        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/work",)),
+        lambda s: label(s, zero_volume_xyz(s), locked_run_folder(s)),
+        in_use("locked/work"),
         subprocess=True,
     ),
     Case(
         "run-in-a-locked-folder",
-        lambda s: ["run", run_config(s, {}), "-o", locked_run_folder(s)],
-        Refused(rf"run folder \S*locked in use by process {TEST_PID}\b", absent=("locked/config.yaml",)),
+        lambda s: run_loop(s, {}, locked_run_folder(s)),
+        in_use("locked/config.yaml"),
         subprocess=True,
     ),
 ]

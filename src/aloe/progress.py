@@ -3,9 +3,9 @@
 Off a terminal (a pipe, a file, a batch job's output) a redrawn bar would be one long line of carriage returns, so
 the progress is written as plain lines instead: ``[iter 1/2] label (gpaw): 4/6 structures, 4 ok, 0 failed, 02:31``,
 at most one every :data:`LINE_INTERVAL` seconds, one a minute while nothing changes, and one when the bar
-closes. The ``[iter 1/2]`` prefix
-comes from :func:`progress_prefix` (the loop sets it around each stage). Both go to aloe's console
-(:mod:`aloe.logs`): the terminal, and the run log when one is open.
+closes. The ``[iter 1/2]`` prefix comes from :func:`progress_prefix` (the loop sets it around each stage); lines
+written without a bar (the elemental references' ``references chgnet-r2scan: F 12/89 ...``) get it from
+:func:`prefixed`. Both go to aloe's console (:mod:`aloe.logs`): the terminal, and the run log when one is open.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def progress_prefix(text: str) -> Iterator[None]:
         yield
     finally:
         _prefix = old
+
+
+def prefixed(line: str) -> str:
+    """``line`` with the current :func:`progress_prefix` before it (for progress lines written without a bar)."""
+    return _prefix + line
 
 
 def progress_enabled(requested: bool | None = None) -> bool:

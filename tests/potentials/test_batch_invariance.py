@@ -1,11 +1,12 @@
 """Conformance: a structure's energy, forces and stress do not depend on the other structures in its batch.
 
-Every built-in model (the CHGNet trio) and a MACE file must pass. The batch mixes the cases that broke or could break
-batching: alkali halides without bond-graph edges (no pair closer than CHGNet's 3 A bond cutoff, so no angles:
-chgnet-0.2.0 used to give them up to 0.16 eV/atom more or less in a batch with Cu or Si), a molecule with bonds but
-no angles, isolated atoms in a big box, 1-atom cells, 32- and 64-atom cells and heavy elements. Each structure
-predicted in the batch is compared with the same structure predicted alone, and the alone value with the model's own
-package per-structure path (``CHGNetCalculator``, mace's ``MACECalculator``), within float32 round-off.
+Every built-in model (the CHGNet trio) and a small trained MACE file (mace-torch's own training, through aloe's
+train stage, on Lennard-Jones labels of every element of the batch) must pass. The batch mixes the cases that broke
+or could break batching: alkali halides without bond-graph edges (no pair closer than CHGNet's 3 A bond cutoff, so
+no angles: chgnet-0.2.0 used to give them up to 0.16 eV/atom more or less in a batch with Cu or Si), a molecule with
+bonds but no angles, isolated atoms in a big box, 1-atom cells, 32- and 64-atom cells and heavy elements. Each
+structure predicted in the batch is compared with the same structure predicted alone, and the alone value with the
+model's own package per-structure path (``CHGNetCalculator``, mace's ``MACECalculator``), within float32 round-off.
 """
 
 from __future__ import annotations
@@ -71,42 +72,14 @@ def mixed_batch() -> StructureBatch:
 
 @pytest.fixture(scope="module")
 def mace_file(tmp_path_factory, mixed_batch) -> Path:
-    """A tiny random MACE file for every element of the batch: the recipe of ``tiny_mace_file`` (conftest.py),
-    which covers only Al and Cu."""
+    """A small MACE trained by mace-torch (aloe's train stage, 2 epochs) for every element of the batch."""
     pytest.importorskip("mace")
-    from aloe.potentials.mace import ensure_e3nn_importable
+    from ase.data import chemical_symbols
 
-    ensure_e3nn_importable()
-    import torch
-    from e3nn import o3
-    from mace import modules
-    from mace.tools import torch_tools
+    from tests.conftest import train_tiny_mace
 
-    numbers = sorted({int(z) for z in mixed_batch.numbers})
-    torch.manual_seed(11)
-    with torch_tools.default_dtype("float64"):
-        model = modules.ScaleShiftMACE(
-            r_max=5.0,
-            num_bessel=4,
-            num_polynomial_cutoff=5,
-            max_ell=2,
-            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=2,
-            num_elements=len(numbers),
-            hidden_irreps=o3.Irreps("8x0e+8x1o"),
-            MLP_irreps=o3.Irreps("8x0e"),
-            atomic_energies=np.linspace(-5.0, -1.0, len(numbers)),
-            avg_num_neighbors=10.0,
-            atomic_numbers=numbers,
-            correlation=2,
-            gate=torch.nn.functional.silu,
-            atomic_inter_scale=40.0,  # random weights give tiny forces; scale them to a few 0.1 eV/A
-            atomic_inter_shift=0.1,
-        )
-    path = tmp_path_factory.mktemp("mace-mixed") / "mixed.model"
-    torch.save(model, path)
-    return path
+    elements = [chemical_symbols[z] for z in sorted({int(z) for z in mixed_batch.numbers})]
+    return train_tiny_mace(tmp_path_factory.mktemp("mace-mixed"), elements)
 
 
 @pytest.fixture(scope="module", params=[*CHGNET_MODELS, "mace"])

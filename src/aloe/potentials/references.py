@@ -955,9 +955,13 @@ def progress_line(
 
 
 def report_progress(line: str, enabled: bool | None) -> None:
-    """Show ``line`` on aloe's console when progress is enabled; always record it in the log."""
-    from aloe.progress import progress_enabled
+    """Show ``line`` on aloe's console when progress is enabled; always record it in the log.
 
+    Inside the loop the line carries the iteration's prefix (``[iter 1/2] references ...``), like the bars.
+    """
+    from aloe.progress import prefixed, progress_enabled
+
+    line = prefixed(line)
     if progress_enabled(enabled):
         from aloe.logs import echo
 
