@@ -172,19 +172,24 @@ def test_a_child_whose_parent_dies_stops(tmp_path):
 @pytest.fixture(scope="module")
 def dask_cluster():
     distributed = pytest.importorskip("dask.distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = distributed.Client(cluster)
-    try:
-        yield cluster, client
-    finally:
-        client.close()
-        cluster.close()
+    import dask
+
+    # Daemonic workers, Dask's default (and what `dask worker` starts), whatever another test set for its clusters
+    # (aloe's own LocalCluster asks for non-daemonic ones): this is the case multiprocessing refuses.
+    with dask.config.set({"distributed.worker.daemon": True}):
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = distributed.Client(cluster)
+        try:
+            yield cluster, client
+        finally:
+            client.close()
+            cluster.close()
 
 
 def test_isolation_in_a_daemonic_dask_worker_costs_one_structure(dask_cluster, tmp_path):
