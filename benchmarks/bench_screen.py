@@ -277,16 +277,15 @@ def explain_disagreements(base: dict, fast: dict) -> list[dict]:
 
 def references(workers: int) -> dict[str, dict[str, float]]:
     """The committee's references for ELEMENTS, computed in parallel like ``aloe screen`` does (then cached)."""
+    from aloe.executors import get_executor
     from aloe.screen.settings import ScreenSettings
-    from aloe.screen.stage import _COMMITTEES, load_screen_committee, resolve_references
+    from aloe.screen.stage import _committee_for, resolve_references
 
-    settings = ScreenSettings(
-        committee=COMMITTEE, workers=workers, executor="process" if workers > 1 else "local"
-    )
+    settings = ScreenSettings(committee=COMMITTEE, workers=workers)
     settings_json = settings.model_dump_json()
-    committee = load_screen_committee(settings)
-    _COMMITTEES[settings_json] = committee
-    refs = resolve_references(committee, ELEMENTS, settings, settings_json)
+    committee = _committee_for(settings_json)
+    with get_executor("process" if workers > 1 else "local", workers) as executor:
+        refs = resolve_references(committee, ELEMENTS, settings, settings_json, executor=executor)
     return dict(zip(committee.names, refs, strict=True))
 
 

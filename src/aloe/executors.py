@@ -406,16 +406,15 @@ class DaskExecutor(Executor):
             outstanding.add(future)
             return future
 
-        running = as_completed()
+        # with_results: the client fetches each result as its task finishes, in the background (a blocking
+        # future.result() per task capped the client at about 100 tasks/s).
+        running = as_completed(with_results=True)
         try:
             for task in islice(task_iter, window):
                 running.add(submit(task))
-            for future in running:
+            for future, result in running:
                 outstanding.discard(future)
-                try:
-                    result = future.result()
-                finally:
-                    future.release()
+                future.release()
                 nxt = next(task_iter, _END)
                 if nxt is not _END:
                     running.add(submit(nxt))

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-LOG_FILE = "aloe.log"
+from aloe.layout import RUN_LOG as LOG_FILE
 
 #: aloe's messages; the run log's file handler records them (the terminal gets them from :func:`echo`).
 _log = logging.getLogger("aloe")

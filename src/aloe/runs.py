@@ -35,15 +35,10 @@ import yaml
 
 from aloe import __version__
 from aloe.errors import AloeError
+from aloe.layout import CHUNKS, LOCK_FILE, MANIFEST, RUN_LOG, SUMMARY
 from aloe.settings import AloeSettings
 
-MANIFEST = "run.yaml"
-SUMMARY = "summary.yaml"
-CHUNKS = "chunks"
 TMP_SUFFIX = ".tmp"
-LOCK_FILE = "run.lock"
-#: The run log the CLI keeps in a run folder (``aloe.logs.LOG_FILE``).
-RUN_LOG = "aloe.log"
 
 #: Packages whose versions every summary records.
 REPORTED_PACKAGES = (

@@ -20,7 +20,7 @@ from aloe.errors import AloeError
 M = TypeVar("M", bound="AloeSettings")
 
 #: Verb names whose sections a combined config file may hold.
-VERBS = ("prototypes", "generate", "screen", "select", "label", "train", "run", "bench", "data")
+VERBS = ("prototypes", "generate", "screen", "select", "label", "train", "run", "bench", "data", "executor")
 
 
 class AloeSettings(BaseModel):

@@ -252,8 +252,8 @@ def test_label_stage_on_dask_writes_the_same_records_as_local(dask_cluster, tmp_
 
     def settings(out, **kw):
         data = {"input": str(path), "labeler": "emt", "output": str(out), "chunk_size": 2, "isolate": True}
-        # isolated_atoms 'none': the isolated-atom step does not run through aloe.label.isolation yet (in a Dask
-        # worker its multiprocessing pool is refused)
+        # isolated_atoms 'none': CrashingEMT would crash Al's isolated atom too (isolated atoms on Dask are covered
+        # by tests/test_dask_end_to_end.py)
         data["isolated_atoms"] = "none"
         return LabelSettings.model_validate({**data, **kw})
 

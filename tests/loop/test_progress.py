@@ -141,7 +141,7 @@ def test_two_iteration_loop_with_mace_keeps_the_screen_to_aloe_messages(tmp_path
     # The EMT + tiny MACE loop of test_loop, labels in child processes: mace's and e3nn's warnings (training in
     # a subprocess, testing in a worker, screening with the trained committee here) stay off the screen.
     config = loop_config(proto_dir, tmp_path / "run", iterations=2, label={"isolate": True})
-    config["train"].update({"workers": 2, "executor": "process"})
+    config["executor"] = {"kind": "process", "workers": 2}
     (tmp_path / "loop.yaml").write_text(yaml.safe_dump(config))
     proc = run_cli(tmp_path, "run", "loop.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr

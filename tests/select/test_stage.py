@@ -162,10 +162,10 @@ def test_select_generate_run(base, gen_run):
     assert len(set(points["id"])) == n
     assert points["chunk"] == [p.name.removesuffix(".parquet") for p in inputs for _ in range(count_rows(p))]
     assert set(points["status"]) == {"ok"}
-    assert all(len(pc) == base.direct.n_components for pc in points["pc"])
+    assert all(len(pc) == base.products["direct"].n_components for pc in points["pc"])
 
     n_selected = sum(points["selected"])
-    assert n_selected == base.counts["selected"] == len(base.direct.selected)
+    assert n_selected == base.counts["selected"] == len(base.products["direct"].selected)
     assert 0 < n_selected < n
     assert sorted(selected_ids(run)) == sorted(picked(points))
     # one selected file per input chunk, holding that chunk's picks in row order
@@ -177,7 +177,7 @@ def test_select_generate_run(base, gen_run):
     assert [p.name for p in chunk_files(run / "selected")] == [p.name for p in inputs]
 
     sizes = Counter(points["cluster"])
-    assert base.counts["clusters"] == len(sizes) == base.direct.n_clusters
+    assert base.counts["clusters"] == len(sizes) == base.products["direct"].n_clusters
     assert min(sizes.values()) <= DIRECT["k"] < max(sizes.values())  # both kinds of cluster occur
     check_center_rule(points, DIRECT["k"])
     assert n_selected == sum(min(s, DIRECT["k"]) for s in sizes.values())
@@ -190,7 +190,7 @@ def test_select_generate_run(base, gen_run):
     assert summary["counts"]["selected"] == n_selected
     assert summary["counts"]["encoded_now"] == n and summary["counts"]["chunks_resumed"] == 0
     assert summary["counts"]["encoder_failed"] == 0 and summary["counts"]["clustered"] == n
-    assert summary["direct"]["n_components"] == base.direct.n_components >= 2
+    assert summary["direct"]["n_components"] == base.products["direct"].n_components >= 2
     assert summary["settings"]["direct"]["k"] == 2
     assert summary["plots"] == ["plots/pca.png", "plots/cluster_sizes.png"]
 
@@ -201,7 +201,7 @@ def test_select_generate_run(base, gen_run):
     for row in rows:
         c = int(row["cluster"])
         assert int(row["size"]) == sizes[c] and int(row["selected"]) == taken[c]
-    assert f"center_pc{base.direct.n_components}" in rows[0]
+    assert f"center_pc{base.products['direct'].n_components}" in rows[0]
     assert not list(run.rglob("*.tmp"))
     assert not (run / "selected.extxyz").exists()
 

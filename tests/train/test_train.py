@@ -310,7 +310,9 @@ def test_committee_models_load_and_predict(committee, labelled):
     assert committee.counts["trained_now"] == 2 and committee.counts["finished"] == 2
     models = sorted((committee.run_dir / "models").glob("*.model"))
     assert (
-        [p.name for p in models] == ["member-0.model", "member-1.model"] == [p.name for p in committee.models]
+        [p.name for p in models]
+        == ["member-0.model", "member-1.model"]
+        == [p.name for p in committee.products["models"]]
     )
     batch = StructureBatch.from_atoms(_structures(6))
     energies = []
@@ -407,7 +409,7 @@ def test_second_run_on_the_same_folder_does_nothing(committee, labelled):
     again = train(_settings([labelled], run, committee_size=2, epochs=4, workers=2))  # workers: runtime
     assert again.counts["trained_now"] == 0 and again.counts["tested_now"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in (run / "models").glob("*.model")} == stamps
-    assert again.errors == committee.errors
+    assert again.products["errors"] == committee.products["errors"]
     assert yaml.safe_load((run / "summary.yaml").read_text())["resumed"] is True
     # the same through the command line
     app = typer.Typer()

@@ -92,7 +92,7 @@ def select_command(
         )
         result = run_stage(ctx, SelectSettings, config, overrides, "select", select)
         c = result.counts
-        d = result.direct
+        d = result.products["direct"]
         typer.echo(
             f"selected {c['selected']:,} of {c['clustered']:,} structures ({c['reduction']:g}x fewer) from "
             f"{c['clusters']:,} clusters; {d.n_components} principal components"

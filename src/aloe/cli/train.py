@@ -112,7 +112,7 @@ def train_command(
             f"committee of {c['members']}: {c['trained_now']} trained now, {c['finished']} finished; "
             f"{c['structures']:,} structures ({c['duplicates']:,} duplicates dropped)"
         )
-        for row in result.errors:
+        for row in result.products["errors"]:
             typer.echo(
                 f"  {row['member']:>9}: energy MAE {row['energy_mae_meV_per_atom']:.2f} meV/atom, forces MAE "
                 f"{row['forces_mae_meV_per_A']:.2f} meV/A, stress MAE {row['stress_mae_GPa']:.4f} GPa"

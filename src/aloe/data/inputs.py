@@ -13,7 +13,8 @@ import yaml
 
 from aloe.data.candidates import chunk_files, table_from_atoms, write_table
 from aloe.errors import AloeError
-from aloe.runs import MANIFEST, atomic_path
+from aloe.layout import INPUTS, STRUCTURE_OUTPUTS, run_verb
+from aloe.runs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -24,19 +25,8 @@ class InputChunk:
     path: Path
 
 
-def run_verb(path: Path) -> str | None:
-    """The verb of the aloe run folder at ``path``, or ``None`` when it is not one."""
-    manifest = path / MANIFEST
-    if not (path.is_dir() and manifest.exists()):
-        return None
-    try:
-        return (yaml.safe_load(manifest.read_text()) or {}).get("verb")
-    except yaml.YAMLError:
-        return None
-
-
-#: Run folders whose structures another stage can read -> the sub-folder holding them.
-RUN_OUTPUTS: dict[str, str] = {"generate": "chunks", "screen": "selected", "select": "selected"}
+#: Run folders whose structures another stage can read -> the sub-folder holding them (the layout's contract).
+RUN_OUTPUTS = STRUCTURE_OUTPUTS
 
 
 def prepare_inputs(
@@ -62,7 +52,7 @@ def prepare_inputs(
     source = Path(source)
     verb = run_verb(source)
     if verb in accept:
-        folder = source / RUN_OUTPUTS[verb]
+        folder = source / STRUCTURE_OUTPUTS[verb]
         files = chunk_files(folder)
         if not files:
             raise AloeError(f"{source}: run folder has no chunk files yet (is the run finished?)")
@@ -72,7 +62,7 @@ def prepare_inputs(
         raise AloeError(
             f"{source}: a '{verb}' run folder is not an input of {reader} (use a {runs} run or structures)"
         )
-    folder = run_dir / "inputs"
+    folder = run_dir / INPUTS
     done_marker = folder / "complete.yaml"
     if done_marker.exists():
         return [InputChunk(f.name.removesuffix(".parquet"), f) for f in chunk_files(folder)]

@@ -38,14 +38,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aloe.errors import AloeError
+from aloe.units import EV_PER_A3_IN_KBAR, KBAR_IN_GPA
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-#: 1 eV/A^3 in kbar.
-EV_PER_A3_IN_KBAR = 1602.1766208
-#: 1 kbar in GPa.
-KBAR_IN_GPA = 0.1
 
 #: The keys every record must have (readers check them).
 REQUIRED_KEYS = ("structure", "energy", "forces", "stress")

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from aloe.data.formats import RecordReader
-from aloe.data.records import KBAR_IN_GPA
 from aloe.errors import AloeError
 from aloe.progress import make_bar
 from aloe.runs import atomic_path, write_yaml_atomic
+from aloe.units import KBAR_IN_GPA
 
 #: Quantiles reported for each quantity.
 QUANTILES = (0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)

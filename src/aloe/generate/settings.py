@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from aloe.elements import RADIUS_MULTIPLIERS, RADIUS_OVERRIDES
 from aloe.prototypes.library import DEFAULT_PLACEHOLDERS
 from aloe.settings import AloeSettings
+from aloe.stagekit import StageSettings
 
 
 class PrototypeSource(AloeSettings):
@@ -98,7 +99,7 @@ class SubsamplingSettings(AloeSettings):
     exponent: float = Field(0.5, description="Exponent on the weight (MP-ALOE: 0.5, i.e. sqrt(w)).")
 
 
-class GenerateSettings(AloeSettings):
+class GenerateSettings(StageSettings):
     """Everything that defines a candidate space and how a run produces it."""
 
     prototypes: PrototypeSource = Field(default_factory=PrototypeSource, description="Prototype library.")
@@ -126,25 +127,15 @@ class GenerateSettings(AloeSettings):
     chunk_size: int = Field(
         20000,
         ge=1,
-        description="Candidates per output chunk (sample mode) or candidate indices per chunk (full).",
+        description="Candidates per output chunk: exactly (sample mode), or expected after sub-sampling (full "
+        "plan: each chunk spans the candidate indices expected to keep about this many).",
     )
     shard: str | None = Field(
         None,
         description="'K/N': produce only shard K (0-based) of N; shards split the chunks and can run anywhere.",
     )
-    workers: int = Field(1, ge=1, description="Processes producing chunks in parallel.")
-    executor: Literal["local", "process", "dask"] = Field(
-        "local", description="Where chunks run: in this process, a local process pool, or a Dask cluster."
-    )
-    scheduler: str | None = Field(
-        None, description="Dask scheduler address (executor 'dask'); local cluster if unset."
-    )
     export: list[Literal["extxyz", "poscar"]] = Field(
         default_factory=list, description="Also write the candidates as extxyz and/or POSCAR files."
-    )
-    output: Path | None = Field(None, description="Run folder; default runs/generate-<timestamp>.")
-    progress: bool | None = Field(
-        None, description="Show progress bars (default: when attached to a terminal)."
     )
 
     @field_validator("shard")
@@ -174,6 +165,4 @@ class GenerateSettings(AloeSettings):
         return (k, n)
 
     #: Keys that do not change which candidates a run produces (a resumed run may change them).
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"shard", "workers", "executor", "scheduler", "export", "output", "progress"}
-    )
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {"shard", "export"}

@@ -21,18 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from aloe import layout
 from aloe.data.candidates import chunk_files, count_rows, export_extxyz, export_poscars, read_chunk
 from aloe.errors import AloeError
-from aloe.executors import get_executor
+from aloe.executors import Executor, stage_executor
 from aloe.generate.io import batch_to_table
 from aloe.generate.settings import GenerateSettings
 from aloe.generate.space import STREAM_VERSION, CandidateSpace
 from aloe.progress import make_bar
 from aloe.prototypes.library import PrototypeLibrary, load_prototypes
 from aloe.runs import RunFolder, atomic_path, default_run_dir
+from aloe.stagekit import StageResult, Timings
 
-PLAN_FILE = "plan.npz"
-OCCUPATIONS_FILE = "occupations.json"
+PLAN_FILE = layout.PLAN_FILE
+OCCUPATIONS_FILE = layout.OCCUPATIONS_FILE
 _SAMPLE_STREAM = 3
 _SCAN_STEP = 1 << 22
 
@@ -195,12 +197,13 @@ def chunk_name(chunk: int) -> str:
 _SPACES: dict[str, CandidateSpace] = {}
 
 
-def _space_for(settings_json: str, occupations: dict[str, list[list[int]]]) -> CandidateSpace:
-    # One space per process and settings: worker processes build it once and reuse it for every chunk.
+def _space_for(settings_json: str, occupations_file: str) -> CandidateSpace:
+    # One space per process and settings: a worker builds it once (occupations from the run folder's file, so a
+    # task carries a path, not the map) and reuses it for every chunk.
     space = _SPACES.get(settings_json)
     if space is None:
         settings = GenerateSettings.model_validate_json(settings_json)
-        space = load_space(settings, {k: [tuple(p) for p in v] for k, v in occupations.items()})
+        space = load_space(settings, _load_occupations(Path(occupations_file)))
         _SPACES.clear()
         _SPACES[settings_json] = space
     return space
@@ -223,16 +226,6 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- the stage -----------------------------------------------------------------------------------------------
-@dataclass
-class GenerateResult:
-    """What a generate run did."""
-
-    run_dir: Path
-    counts: dict[str, Any]
-    timings: dict[str, float]
-    summary_path: Path
-
-
 def count_space(space: CandidateSpace) -> dict[str, Any]:
     """Exact sizes of the space, per arity and in total (sub-sampled size as an expected value)."""
     by_arity: dict[str, Any] = {}
@@ -264,7 +257,9 @@ def _load_occupations(path: Path) -> dict[str, list[tuple[int, ...]]] | None:
     return {k: [tuple(p) for p in v] for k, v in data.items()}
 
 
-def generate(settings: GenerateSettings, command: str | None = None) -> GenerateResult:
+def generate(
+    settings: GenerateSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
     """Run the generate stage (resumable; see the module docstring).
 
     Parameters
@@ -273,45 +268,43 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
         What to generate and where.
     command
         The command line to record in the summary (default: ``sys.argv``).
+    executor
+        Where the chunks run (the caller's, left open); default: one opened from the run options of ``settings``.
 
     Returns
     -------
-    GenerateResult
+    StageResult
         Run folder, counts and timings; ``summary.yaml`` (or ``summary-shard-K-of-N.yaml``) is written.
 
     """
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    timings = Timings()
     output = settings.output or default_run_dir("generate")
     settings = settings.model_copy(update={"output": Path(output)})
     run = RunFolder(output, "generate", settings, GenerateSettings.RUNTIME_KEYS)
 
-    t0 = time.perf_counter()
-    library = load_library(settings, settings.progress)
-    timings["load_prototypes"] = time.perf_counter() - t0
+    with timings("load_prototypes"):
+        library = load_library(settings, settings.progress)
 
-    t0 = time.perf_counter()
-    occ_path = run.path / OCCUPATIONS_FILE
-    space = CandidateSpace(
-        library, settings, occupations=_load_occupations(occ_path), progress=settings.progress
-    )
-    if not occ_path.exists():
-        with atomic_path(occ_path) as tmp:
-            tmp.write_text(json.dumps(space.occupation_map()))
-    timings["occupations"] = time.perf_counter() - t0
+    with timings("occupations"):
+        occ_path = run.path / OCCUPATIONS_FILE
+        space = CandidateSpace(
+            library, settings, occupations=_load_occupations(occ_path), progress=settings.progress
+        )
+        if not occ_path.exists():
+            with atomic_path(occ_path) as tmp:
+                tmp.write_text(json.dumps(space.occupation_map()))
 
-    t0 = time.perf_counter()
-    plan_path = run.path / PLAN_FILE
-    plan = ChunkPlan.load(plan_path) if plan_path.exists() else make_plan(space, settings.progress)
-    if not plan_path.exists():
-        plan.save(plan_path)
-    timings["plan"] = time.perf_counter() - t0
+    with timings("plan"):
+        plan_path = run.path / PLAN_FILE
+        plan = ChunkPlan.load(plan_path) if plan_path.exists() else make_plan(space, settings.progress)
+        if not plan_path.exists():
+            plan.save(plan_path)
 
     shard_k, shard_n = settings.shard_tuple()
-    in_shard = [c for c in range(plan.n_chunks) if c % shard_n == shard_k]
+    # Chunk numbers are generated lazily: a full plan has tens of thousands of chunks.
+    in_shard = range(shard_k, plan.n_chunks, shard_n)
     todo = [c for c in in_shard if not run.done(chunk_name(c))]
     settings_json = settings.model_copy(update={"output": None, "workers": 1, "export": []}).model_dump_json()
-    occupations = space.occupation_map()
 
     def tasks():
         for c in todo:
@@ -319,7 +312,7 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
                 "chunk": c,
                 "path": str(run.chunk_path(chunk_name(c))),
                 "settings": settings_json,
-                "occupations": occupations,
+                "occupations": str(occ_path),
                 "indices": None,
                 "start": None,
                 "stop": None,
@@ -332,22 +325,22 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
 
     _SPACES.clear()
     _SPACES[settings_json] = space  # in-process chunks reuse this space
-    t0 = time.perf_counter()
     written = 0
-    bar = make_bar(enabled=settings.progress, total=len(todo), desc="generate", unit="chunk")
-    executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-    for result in executor.map_unordered(_run_chunk, tasks()):
-        written += result["rows"]
-        bar.update(1)
-        elapsed = time.perf_counter() - t0
-        bar.set_postfix(candidates=f"{written:,}", per_s=f"{written / max(elapsed, 1e-9):,.0f}")
-    bar.close()
-    timings["generate"] = time.perf_counter() - t0
+    with timings("generate"), stage_executor(executor, settings) as executor:
+        t0 = time.perf_counter()
+        bar = make_bar(enabled=settings.progress, total=len(todo), desc="generate", unit="chunk")
+        for result in executor.map_unordered(_run_chunk, tasks(), limit=settings.task_limit()):
+            written += result["rows"]
+            bar.update(1)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(candidates=f"{written:,}", per_s=f"{written / max(elapsed, 1e-9):,.0f}")
+        bar.close()
 
-    t0 = time.perf_counter()
-    exported = _export(run, in_shard, settings)
     if settings.export:
-        timings["export"] = time.perf_counter() - t0
+        with timings("export"):
+            exported = _export(run, in_shard, settings)
+    else:
+        exported = {}
 
     existing = [run.chunk_path(chunk_name(c)) for c in in_shard if run.done(chunk_name(c))]
     counts = count_space(space)
@@ -365,14 +358,14 @@ def generate(settings: GenerateSettings, command: str | None = None) -> Generate
             "prototype_files_skipped": len(library.report.skipped),
         }
     )
-    timings["total"] = time.perf_counter() - t_start
+    seconds = timings.total()
     name = "summary.yaml" if shard_n == 1 else f"summary-shard-{shard_k}-of-{shard_n}.yaml"
     extra = {"skipped_prototype_files": library.report.lines()} if library.report.skipped else None
-    summary = run.write_summary(counts, timings, extra=extra, name=name, command=command)
-    return GenerateResult(run.path, counts, timings, summary)
+    summary = run.write_summary(counts, seconds, extra=extra, name=name, command=command)
+    return StageResult("generate", run.path, counts, seconds, summary)
 
 
-def _export(run: RunFolder, chunks: list[int], settings: GenerateSettings) -> dict[str, int]:
+def _export(run: RunFolder, chunks: range | list[int], settings: GenerateSettings) -> dict[str, int]:
     """Export chunks to extxyz / POSCAR (one file or folder per chunk, atomic, skipped when present)."""
     done: dict[str, int] = {}
     for fmt in settings.export:
@@ -406,7 +399,6 @@ def _export(run: RunFolder, chunks: list[int], settings: GenerateSettings) -> di
 
 __all__ = [
     "ChunkPlan",
-    "GenerateResult",
     "chunk_files",
     "count_space",
     "generate",

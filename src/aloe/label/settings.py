@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from aloe.settings import AloeSettings
+from aloe.stagekit import StageSettings
 
 
 class EMTSettings(AloeSettings):
@@ -91,7 +92,7 @@ DEFAULT_RETRY: dict[str, list[dict[str, Any]]] = {
 }
 
 
-class LabelSettings(AloeSettings):
+class LabelSettings(StageSettings):
     """Label structures with a DFT code (or a named stand-in) and write records in the MatPES schema."""
 
     input: Path | None = Field(
@@ -135,21 +136,9 @@ class LabelSettings(AloeSettings):
         "failed", description="Keep the work folders of failed structures, of all, or of none."
     )
     chunk_size: int = Field(100, ge=1, description="Structures per record chunk.")
-    workers: int = Field(1, ge=1, description="Processes labelling structures in parallel.")
-    executor: Literal["local", "process", "dask"] = Field("local", description="Where structures run.")
-    scheduler: str | None = Field(None, description="Dask scheduler address (executor 'dask').")
-    output: Path | None = Field(None, description="Run folder; default runs/label-<timestamp>.")
-    progress: bool | None = Field(
-        None, description="Show progress bars (default: when attached to a terminal)."
-    )
 
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | frozenset(
         {
-            "workers",
-            "executor",
-            "scheduler",
-            "output",
-            "progress",
             "retry_failed",
             "keep_workdirs",
             "timeout",

@@ -19,38 +19,38 @@ structures are tried again only with ``retry_failed``. Each structure runs in a 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
+from aloe import layout
 from aloe.data.candidates import count_rows, read_chunk
 from aloe.data.inputs import InputChunk, prepare_inputs
 from aloe.data.records import make_record, settings_id
 from aloe.errors import AloeError
-from aloe.executors import get_executor
+from aloe.executors import Executor, InlineExecutor, stage_executor
 from aloe.label.base import Calculation, Labeler, LabelerError, check_physical
 from aloe.label.isolation import call_isolated
 from aloe.label.registry import load_labeler
 from aloe.label.settings import LabelSettings
 from aloe.progress import make_bar
 from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
+from aloe.stagekit import StageResult, Timings
 from aloe.structures import StructureBatch, cell_problem
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-RECORDS_DIR = "records"
-FAILURES_DIR = "failures"
-DONE_DIR = "done"
-WORK_DIR = "work"
-ATOMS_FILE = "isolated_atoms.yaml"
+RECORDS_DIR = layout.RECORDS
+FAILURES_DIR = layout.FAILURES
+DONE_DIR = layout.DONE
+WORK_DIR = layout.WORK
+ATOMS_FILE = layout.ISOLATED_ATOMS_FILE
 PUBLISHED_REFS = Path(__file__).resolve().parents[1] / "data" / "matpes_elemental_refs.json"
 
 
@@ -232,21 +232,33 @@ def _atom_task(task: dict[str, Any]) -> tuple[str, float | None, str | None]:
 def _isolated_energy(labeler: Labeler, symbol: str, workdir: Path, settings: LabelSettings) -> float:
     if not settings.isolate:
         return float(labeler.isolated_atom_energy(symbol, workdir))
-    ctx = multiprocessing.get_context("forkserver")
-    with ctx.Pool(1) as pool:
-        result = pool.apply_async(labeler.isolated_atom_energy, (symbol, workdir))
-        try:
-            return float(result.get(settings.timeout))
-        except multiprocessing.TimeoutError:
-            raise LabelerError(
-                "timeout", f"isolated {symbol} atom stopped after {settings.timeout:g} s"
-            ) from None
+    # In a child process like every calculation (works in daemonic Dask workers too).
+    try:
+        energy = call_isolated(
+            labeler.isolated_atom_energy,
+            (symbol, workdir),
+            workdir,
+            settings.timeout,
+            passthrough=(NotImplementedError,),
+        )
+    except LabelerError as exc:
+        if exc.kind == "timeout":
+            raise LabelerError("timeout", f"isolated {symbol} atom {exc.message}") from None
+        raise
+    return float(energy)
 
 
 def isolated_atom_energies(
-    labeler: Labeler, elements: list[str], settings: LabelSettings, run_dir: Path
+    labeler: Labeler,
+    elements: list[str],
+    settings: LabelSettings,
+    run_dir: Path,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, float] | None, dict[str, Any]]:
-    """Isolated-atom energies for ``elements`` and a description of their source (written to the run folder)."""
+    """Isolated-atom energies for ``elements`` and a description of their source (written to the run folder).
+
+    Missing energies are computed on ``executor`` (one element per task; default: in this process) and cached.
+    """
     if settings.isolated_atoms == "none":
         return None, {"source": "none"}
     if settings.isolated_atoms == "published":
@@ -258,7 +270,7 @@ def isolated_atom_energies(
         data = json.loads(PUBLISHED_REFS.read_text())
         table = data["functionals"].get(labeler.functional, {}).get("isolated_atom", {})
         return {e: table[e] for e in elements if e in table}, {"source": data["source"]}
-    from aloe.prototypes.builtin import cache_dir
+    from aloe.cache import cache_dir
 
     sid = settings_id(labeler.code, labeler.label_settings())
     cache_file = cache_dir() / "isolated-atoms" / f"{labeler.code}-{sid}.yaml"
@@ -282,8 +294,8 @@ def isolated_atom_energies(
             for e in missing
         ]
         bar = make_bar(enabled=settings.progress, total=len(tasks), desc="isolated atoms", unit="atom")
-        executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-        for symbol, energy, error in executor.map_unordered(_atom_task, tasks):
+        executor = executor or InlineExecutor()
+        for symbol, energy, error in executor.map_unordered(_atom_task, tasks, limit=settings.task_limit()):
             if energy is None:
                 errors[symbol] = error or "failed"
             else:
@@ -304,22 +316,23 @@ def isolated_atom_energies(
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------
-@dataclass
-class LabelResult:
-    """What a label run did."""
+def label(
+    settings: LabelSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
+    """Run the label stage (resumable; see the module docstring).
 
-    run_dir: Path
-    counts: dict[str, Any]
-    timings: dict[str, float]
-    summary_path: Path
-
-
-def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
-    """Run the label stage (resumable; see the module docstring)."""
+    ``executor`` runs the isolated atoms and the structures, one per task (the caller's, left open); default: one
+    opened from the run options. Each calculation runs in a child process of its task (``isolate``), which works
+    in Dask workers too: a crash or a timeout costs that structure, not the worker.
+    """
     if settings.input is None:
         raise AloeError("label needs an input: a select run folder or a structure file")
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    with stage_executor(executor, settings) as executor:
+        return _label(settings, command, executor)
+
+
+def _label(settings: LabelSettings, command: str | None, executor: Executor) -> StageResult:
+    timings = Timings()
     run, settings = open_stage_run(
         settings, "label", LabelSettings.RUNTIME_KEYS, (RECORDS_DIR, FAILURES_DIR, DONE_DIR, WORK_DIR)
     )
@@ -345,7 +358,7 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
             atoms.info.clear()
             todo.append((chunk, r, rows.label(r), atoms))
             elements.update(atoms.get_chemical_symbols())
-    isolated, isolated_info = isolated_atom_energies(labeler, sorted(elements), settings, run.path)
+    isolated, isolated_info = isolated_atom_energies(labeler, sorted(elements), settings, run.path, executor)
     write_yaml_atomic(
         run.path / ATOMS_FILE,
         {
@@ -380,8 +393,7 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
     bar = make_bar(
         enabled=settings.progress, total=len(todo), desc=f"label ({labeler.code})", unit="structure"
     )
-    executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-    for result in executor.map_unordered(_label_task, tasks):
+    for result in executor.map_unordered(_label_task, tasks, limit=settings.task_limit()):
         outcome[result["status"]] += 1
         if result["kind"]:
             kinds[result["kind"]] += 1
@@ -412,7 +424,6 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
             str(Path(f).relative_to(run.path)) for key, f in stats["files"].items() if f.endswith(".png")
         ]
         timings["plots"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
     counts: dict[str, Any] = {
         "structures": totals["structures"],
         "labelled": totals["labelled"],
@@ -446,8 +457,9 @@ def label(settings: LabelSettings, command: str | None = None) -> LabelResult:
     }
     if labeler.stand_in:
         extra["warning"] = f"{labeler.functional}: these labels are a stand-in, not DFT"
-    summary = run.write_summary(counts, timings, extra=extra, command=command)
-    return LabelResult(run.path, counts, timings, summary)
+    seconds_by_phase = timings.total()
+    summary = run.write_summary(counts, seconds_by_phase, extra=extra, command=command)
+    return StageResult("label", run.path, counts, seconds_by_phase, summary)
 
 
 # ---- bookkeeping --------------------------------------------------------------------------------------------

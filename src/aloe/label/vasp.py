@@ -51,9 +51,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from aloe.data.records import EV_PER_A3_IN_KBAR, stress_from_kbar
+from aloe.data.records import stress_from_kbar
 from aloe.label.base import Calculation, Labeler, LabelerError
 from aloe.label.settings import VASPSettings
+from aloe.units import EV_PER_A3_IN_KBAR
 
 if TYPE_CHECKING:
     from ase import Atoms

@@ -17,7 +17,6 @@ and resumes there, so a killed loop ends with the same dataset as one that was n
 
 from __future__ import annotations
 
-import importlib
 import time
 import weakref
 from dataclasses import dataclass
@@ -27,13 +26,18 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from aloe import layout
 from aloe.errors import AloeError
+from aloe.executors import Executor, open_executor
 from aloe.loop.settings import STAGES, LoopSettings, RunConfig
 from aloe.runs import claim_folder, default_run_dir, package_versions, write_yaml_atomic
 from aloe.settings import format_validation_error
+from aloe.stagekit import stage_spec
 
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.yaml"
+CONFIG_FILE = layout.LOOP_CONFIG
+STATE_FILE = layout.LOOP_STATE
+#: Sections that may change when a loop is resumed: where the work runs does not change what it computes.
+VOLATILE_SECTIONS = ("executor",)
 
 
 @dataclass
@@ -50,10 +54,12 @@ class LoopResult:
 class LoopRun:
     """One loop run folder: its config, its state, and the stage runs of every iteration."""
 
-    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, executor: Executor | None = None) -> None:
         self.config = config
         self.settings: LoopSettings = config.run
         self.path = run_dir
+        #: The run's executor, handed to every stage (opened by :meth:`run` when none is given).
+        self.executor = executor
         # Locked while the loop works here; each stage locks its own sub-folder as well (separate lock files).
         self._claim = claim_folder(self.path, CONFIG_FILE, "aloe run")
         weakref.finalize(self, self._claim.release)
@@ -65,6 +71,8 @@ class LoopRun:
         data = self.config.model_dump(mode="json")
         for volatile in ("output", "progress", "report"):
             data["run"].pop(volatile, None)
+        for section in VOLATILE_SECTIONS:
+            data.pop(section, None)
         path = self.path / CONFIG_FILE
         if path.exists():
             old = yaml.safe_load(path.read_text()) or {}
@@ -89,13 +97,13 @@ class LoopRun:
         """The recorded outcome of a finished stage, or ``None``."""
         return (self.state.get("iterations", {}).get(it) or {}).get(stage)
 
-    def stage_dir(self, it: int, stage: str) -> Path:
+    def stage_dir(self, it: int | str, stage: str) -> Path:
         """Run folder of ``stage`` in iteration ``it``."""
-        return self.path / f"iter-{it:02d}" / stage
+        return layout.stage_dir(self.path, it, stage)
 
     # ---- stages -----------------------------------------------------------------------------------------
     def _stage_settings(self, stage: str, it: int, **fixed: Any) -> Any:
-        model = _settings_model(stage)
+        model = stage_spec(stage).settings_model()
         data = dict(getattr(self.config, stage))
         data.update({k: v for k, v in fixed.items() if v is not None})
         data["output"] = str(self.stage_dir(it, stage))
@@ -124,7 +132,9 @@ class LoopRun:
         echo(f"{tag} {stage} ... ({self.stage_dir(it, stage)})")
         t0 = time.perf_counter()
         with progress_prefix(f"{tag} "):
-            result = _stage_function(stage)(settings, command=f"aloe run (iteration {it}, {stage})")
+            result = stage_spec(stage).run()(
+                settings, command=f"aloe run (iteration {it}, {stage})", executor=self.executor
+            )
         info = {
             "folder": str(self.stage_dir(it, stage).relative_to(self.path)),
             "summary": str(Path(result.summary_path).relative_to(self.path)),
@@ -142,13 +152,13 @@ class LoopRun:
         """Iteration ``it``'s committee: the first one, or the models trained in iteration ``it - 1``."""
         if it == 0:
             if self.settings.train_first:
-                return self._models(self.path / "iter-seed" / "train")
+                return self._models(self.stage_dir("seed", "train"))
             return list(self.settings.committee)
         return self._models(self.stage_dir(it - 1, "train"))
 
     @staticmethod
     def _models(train_dir: Path) -> list[str]:
-        models = sorted((train_dir / "models").glob("*.model"))
+        models = layout.trained_models(train_dir)
         if not models:
             raise AloeError(f"{train_dir}: no trained models to use as the committee")
         return [str(m) for m in models]
@@ -158,82 +168,115 @@ class LoopRun:
         runs = [str(p) for p in self.settings.seed_dataset]
         for j in range(it + 1):
             folder = self.stage_dir(j, "label")
-            if (folder / "records").is_dir():
+            if layout.records_dir(folder).is_dir():
                 runs.append(str(folder))
         return runs
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self) -> LoopResult:
-        """Run every iteration (resuming finished stages); write reports and the run summary."""
-        s = self.settings
-        t_start = time.perf_counter()
-        stopped = f"finished {s.iterations} iterations"
+        """Run every iteration (resuming finished stages) on one executor; write reports and the run summary.
+
+        The executor is the one given to the constructor, or one opened from the config's ``executor`` section
+        for the whole run and closed at its end.
+        """
         self.validate_sections()
-        if s.train_first:
-            if not s.seed_dataset:
-                raise AloeError(
-                    "run.train_first needs run.seed_dataset (labelled data to train the first committee)"
-                )
-            seed_train = self.path / "iter-seed" / "train"
-            if not list((seed_train / "models").glob("*.model")):
-                from aloe.train.settings import TrainSettings
-                from aloe.train.stage import train
+        if self.executor is not None:
+            return self._run()
+        from aloe.logs import echo
 
-                data = dict(self.config.train)
-                data.update(
-                    {"inputs": [str(p) for p in s.seed_dataset], "seed": s.seed, "output": str(seed_train)}
-                )
-                from aloe.logs import echo
-                from aloe.progress import progress_prefix
+        with open_executor(self.config.executor, announce=echo) as executor:
+            self.executor = executor
+            try:
+                return self._run()
+            finally:
+                self.executor = None
 
-                echo(f"[seed] train: the first committee, on run.seed_dataset ({seed_train})")
-                with progress_prefix("[seed] "):
-                    train(TrainSettings.model_validate(data), command="aloe run (seed committee)")
-        iterations: list[dict[str, Any]] = []
-        for it in range(s.iterations):
-            record: dict[str, Any] = {"iteration": it}
-            gen = self.run_stage(it, "generate", self._stage_settings("generate", it, seed=s.seed + it))
-            record["generate"] = gen
-            committee = self.committee_for(it)
-            scr = self.run_stage(
-                it,
-                "screen",
-                self._stage_settings(
-                    "screen", it, input=str(self.stage_dir(it, "generate")), committee=committee
-                ),
-            )
-            record["screen"] = scr
-            rate = float(scr["counts"].get("selection_rate", 0.0))
-            n_selected = int(scr["counts"].get("outcomes", {}).get("selected", 0))
-            if n_selected == 0:
-                stopped = f"iteration {it}: the committee selected no structure"
-                iterations.append(record)
-                self._report(it, record)
-                break
-            select_fixed: dict[str, Any] = {"input": str(self.stage_dir(it, "screen"))}
-            sel_settings = self._stage_settings("select", it, **select_fixed)
-            if s.max_label is not None:
-                direct = sel_settings.direct.model_copy(update={"max_selected": s.max_label})
-                sel_settings = sel_settings.model_copy(update={"direct": direct})
-            record["select"] = self.run_stage(it, "select", sel_settings)
-            record["label"] = self.run_stage(
-                it, "label", self._stage_settings("label", it, input=str(self.stage_dir(it, "select")))
-            )
+    # Per stage of an iteration: the settings the loop fills in (from the folders of the stages before it).
+    def _inputs_generate(self, it: int) -> dict[str, Any]:
+        return {"seed": self.settings.seed + it}
+
+    def _inputs_screen(self, it: int) -> dict[str, Any]:
+        return {"input": str(self.stage_dir(it, "generate")), "committee": self.committee_for(it)}
+
+    def _inputs_select(self, it: int) -> dict[str, Any]:
+        return {"input": str(self.stage_dir(it, "screen"))}
+
+    def _inputs_label(self, it: int) -> dict[str, Any]:
+        return {"input": str(self.stage_dir(it, "select"))}
+
+    def _inputs_train(self, it: int) -> dict[str, Any]:
+        return {"inputs": self.dataset(it), "seed": self.settings.seed + it}
+
+    def settings_for(self, stage: str, it: int) -> Any:
+        """The settings of ``stage`` in iteration ``it``: its config section plus what the loop fills in."""
+        settings = self._stage_settings(stage, it, **getattr(self, f"_inputs_{stage}")(it))
+        if stage == "select" and self.settings.max_label is not None:
+            direct = settings.direct.model_copy(update={"max_selected": self.settings.max_label})
+            settings = settings.model_copy(update={"direct": direct})
+        return settings
+
+    def _stop_after(self, stage: str, it: int, record: dict[str, Any], iterations: list) -> str | None:
+        """Why the loop stops after ``stage`` of iteration ``it`` (``None``: it goes on)."""
+        counts = record[stage]["counts"]
+        if stage == "screen" and int(counts.get("outcomes", {}).get("selected", 0)) == 0:
+            return f"iteration {it}: the committee selected no structure"
+        if stage == "label":
             labelled = sum(
                 int((r.get("label") or {}).get("counts", {}).get("records", 0)) for r in [*iterations, record]
             )
-            if labelled == 0 and not s.seed_dataset:
-                stopped = f"iteration {it}: no structure could be labelled (see {self.stage_dir(it, 'label')}/failures)"
-                iterations.append(record)
-                self._report(it, record)
-                break
-            inputs = self.dataset(it)
-            record["train"] = self.run_stage(
-                it, "train", self._stage_settings("train", it, inputs=inputs, seed=s.seed + it)
+            if labelled == 0 and not self.settings.seed_dataset:
+                return (
+                    f"iteration {it}: no structure could be labelled "
+                    f"(see {self.stage_dir(it, 'label')}/failures)"
+                )
+        return None
+
+    def _train_seed_committee(self) -> None:
+        s = self.settings
+        if not s.seed_dataset:
+            raise AloeError(
+                "run.train_first needs run.seed_dataset (labelled data to train the first committee)"
             )
-            record["dataset_runs"] = inputs
+        seed_train = self.stage_dir("seed", "train")
+        if layout.trained_models(seed_train):
+            return
+        from aloe.logs import echo
+        from aloe.progress import progress_prefix
+
+        data = dict(self.config.train)
+        data.update({"inputs": [str(p) for p in s.seed_dataset], "seed": s.seed, "output": str(seed_train)})
+        spec = stage_spec("train")
+        echo(f"[seed] train: the first committee, on run.seed_dataset ({seed_train})")
+        with progress_prefix("[seed] "):
+            spec.run()(
+                spec.settings_model().model_validate(data),
+                command="aloe run (seed committee)",
+                executor=self.executor,
+            )
+
+    def _run(self) -> LoopResult:
+        s = self.settings
+        t_start = time.perf_counter()
+        stopped = f"finished {s.iterations} iterations"
+        if s.train_first:
+            self._train_seed_committee()
+        iterations: list[dict[str, Any]] = []
+        for it in range(s.iterations):
+            record: dict[str, Any] = {"iteration": it}
+            halt = None
+            for stage in STAGES:
+                record[stage] = self.run_stage(it, stage, self.settings_for(stage, it))
+                halt = self._stop_after(stage, it, record, iterations)
+                if halt:
+                    break
+            if "train" in record:
+                record["dataset_runs"] = self.dataset(it)
             iterations.append(record)
             self._report(it, record)
+            if halt:
+                stopped = halt
+                break
+            rate = float(record["screen"]["counts"].get("selection_rate", 0.0))
             if rate < s.min_selection_rate:
                 stopped = f"iteration {it}: selection rate {rate:.2%} < {s.min_selection_rate:.2%}"
                 break
@@ -242,6 +285,7 @@ class LoopRun:
             "run_folder": str(self.path),
             "stopped": stopped,
             "seconds": round(time.perf_counter() - t_start, 2),
+            "executor": self.executor.describe() if self.executor is not None else "in this process",
             "iterations": [_iteration_summary(r) for r in iterations],
             "final_committee": self._final_committee(iterations),
             "versions": package_versions(),
@@ -258,8 +302,7 @@ class LoopRun:
     def _final_committee(self, iterations: list[dict[str, Any]]) -> list[str]:
         for record in reversed(iterations):
             if "train" in record:
-                folder = self.path / record["train"]["folder"] / "models"
-                return [str(p) for p in sorted(folder.glob("*.model"))]
+                return [str(p) for p in layout.trained_models(self.path / record["train"]["folder"])]
         return []
 
     def _report(self, it: int, record: dict[str, Any]) -> None:
@@ -270,10 +313,14 @@ class LoopRun:
         write_iteration_report(self, it, record, html=self.settings.report == "markdown+html")
 
 
-def run_loop(config: RunConfig) -> LoopResult:
-    """Run the loop of ``config`` in ``config.run.output`` (or a new ``runs/run-<time>``)."""
+def run_loop(config: RunConfig, executor: Executor | None = None) -> LoopResult:
+    """Run the loop of ``config`` in ``config.run.output`` (or a new ``runs/run-<time>``).
+
+    ``executor``: run every stage there (the caller keeps it open); default: the config's ``executor`` section,
+    opened for the run and closed at its end.
+    """
     output = config.run.output or default_run_dir("run")
-    return LoopRun(config, Path(output)).run()
+    return LoopRun(config, Path(output), executor).run()
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -290,16 +337,6 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     config = build_settings(RunConfig, path, overrides)
     validate_stage_sections(config, str(path))
     return config
-
-
-#: Values the loop fills in for each stage (inputs, committee), as stand-ins while a section is validated.
-_PLACEHOLDERS: dict[str, dict[str, Any]] = {
-    "generate": {},
-    "screen": {"input": ".", "committee": ["placeholder"]},
-    "select": {"input": "."},
-    "label": {"input": "."},
-    "train": {"inputs": ["."]},
-}
 
 
 def validate_stage_sections(config: RunConfig, source: str | None = None) -> None:
@@ -319,34 +356,22 @@ def validate_stage_sections(config: RunConfig, source: str | None = None) -> Non
     """
     where = f"{source}: section" if source else "config section"
     for stage in STAGES:
-        data = {**getattr(config, stage), **_PLACEHOLDERS[stage], "output": None}
+        section = getattr(config, stage)
+        for key in ("executor", "scheduler"):
+            if key in section:
+                raise AloeError(
+                    f"{where} '{stage}': key '{key}': in a loop every stage runs on the run's executor; set it "
+                    "in section 'executor' (kind, workers, scheduler, cluster)"
+                )
+        spec = stage_spec(stage)
+        data = {**section, **spec.loop_inputs, "output": None}
         try:
-            _settings_model(stage).model_validate(data)
+            spec.settings_model().model_validate(data)
         except ValidationError as exc:
             raise AloeError(format_validation_error(exc, f"{where} '{stage}'")) from None
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
-#: Each stage's settings model and function (imported when the loop reaches the stage).
-_STAGE_CODE: dict[str, tuple[str, str, str]] = {
-    "generate": ("aloe.generate", "GenerateSettings", "generate"),
-    "screen": ("aloe.screen", "ScreenSettings", "screen"),
-    "select": ("aloe.select", "SelectSettings", "select"),
-    "label": ("aloe.label", "LabelSettings", "label"),
-    "train": ("aloe.train", "TrainSettings", "train"),
-}
-
-
-def _settings_model(stage: str) -> type:
-    package, model, _ = _STAGE_CODE[stage]
-    return getattr(importlib.import_module(f"{package}.settings"), model)
-
-
-def _stage_function(stage: str):
-    package, _, function = _STAGE_CODE[stage]
-    return getattr(importlib.import_module(f"{package}.stage"), function)
-
-
 def _iteration_summary(record: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"iteration": record["iteration"]}
     for stage in STAGES:

@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from aloe.executors import ExecutorSettings
 from aloe.settings import AloeSettings
+from aloe.stagekit import STAGES as _STAGE_TABLE
 
-#: Stages of one iteration, in order.
-STAGES = ("generate", "screen", "select", "label", "train")
+#: Stages of one iteration, in order (the registered stages of the stage kit).
+STAGES = tuple(_STAGE_TABLE)
 
 
 class LoopSettings(AloeSettings):
@@ -51,6 +53,10 @@ class RunConfig(AloeSettings):
     """A whole ``aloe run`` config: the loop plus the settings of every stage (validated by each stage)."""
 
     run: LoopSettings = Field(default_factory=LoopSettings, description="The loop.")
+    executor: ExecutorSettings = Field(
+        default_factory=ExecutorSettings,
+        description="Where the run's independent work runs: one executor (or Dask cluster) for every stage.",
+    )
     generate: dict[str, Any] = Field(default_factory=dict, description="GenerateSettings of every iteration.")
     screen: dict[str, Any] = Field(default_factory=dict, description="ScreenSettings of every iteration.")
     select: dict[str, Any] = Field(default_factory=dict, description="SelectSettings of every iteration.")

@@ -143,7 +143,7 @@ class CHGNetPotential(Potential):
         except ImportError as exc:
             raise AloeError(f"{self.name} needs the package chgnet: pip install chgnet ({exc})") from None
 
-        from aloe.potentials.registry import resolve_device
+        from aloe.devices import resolve_device
 
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))

@@ -138,7 +138,7 @@ class MACEPotential(Potential):
     def _load(self) -> None:
         import torch
 
-        from aloe.potentials.registry import resolve_device
+        from aloe.devices import resolve_device
 
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
@@ -168,7 +168,7 @@ class MACEPotential(Potential):
         """mace-torch's ``MACECalculator`` around a fresh copy of the model (for relaxations)."""
         from mace.calculators import MACECalculator
 
-        from aloe.potentials.registry import resolve_device
+        from aloe.devices import resolve_device
 
         device = resolve_device(self.device)
         module = load_mace_module(

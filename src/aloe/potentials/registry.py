@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aloe.devices import resolve_device
 from aloe.errors import AloeError
 from aloe.potentials.base import Potential
 
@@ -46,29 +47,6 @@ STANDARD_OPTIONS = frozenset({"device", "dtype", "batch_size", "threads"})
 _LJ_OPTIONS = ("sigma", "epsilon", "rc", "smooth")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_][\w.]*$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-def resolve_device(device: str | None) -> str:
-    """``"auto"``/``None`` -> ``"cuda"`` if torch sees a GPU else ``"cpu"``; anything else unchanged.
-
-    Raises
-    ------
-    AloeError
-        If a CUDA device is asked for and torch sees none.
-    """
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device)
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise AloeError(
-                f"device {device!r}: torch {torch.__version__} sees no CUDA GPU (use device 'cpu' or 'auto')"
-            )
-    return device
 
 
 def known_specs() -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aloe.cache import CACHE_ENV, cache_dir  # noqa: F401  (CACHE_ENV: re-exported)
 from aloe.errors import AloeError
 from aloe.prototypes.library import (
     DEFAULT_PLACEHOLDERS,
@@ -60,19 +61,11 @@ MATCHER_TOLERANCES: dict[str, float] = {"ltol": 0.1, "stol": 0.15, "angle_tol": 
 #: 2: coordinates just below 1 are kept as read (format 1 set those within np.isclose of 1 to 0).
 CACHE_FORMAT = 2
 
-#: Environment variable that overrides the cache directory.
-CACHE_ENV = "ALOE_CACHE_DIR"
 
 _DATA_FILE = "aflow_prototypes.json.gz"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 #: AFLOW writes a missing Strukturbericht designation as the string "None".
 _MISSING_TAGS = {"", "None"}
-
-
-def cache_dir() -> Path:
-    """Directory of aloe's caches: ``$ALOE_CACHE_DIR`` if set, else ``~/.cache/aloe``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "aloe"
 
 
 def pymatgen_version() -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aloe.errors import AloeError, InputFileError
+from aloe.structures import shortest_periodic_distances
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -68,47 +69,6 @@ def wrap_fractional(frac_coords: np.ndarray) -> np.ndarray:
     # Only a negative x within 2**-54 of 0 lands on 1.0 here (x >= 0 gives x - floor(x) < 1 exactly): a true wrap.
     frac[frac == 1.0] = 0.0
     return frac
-
-
-def shortest_periodic_distances(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> np.ndarray:
-    """Shortest periodic distance between every pair of sites, self-images included.
-
-    Parameters
-    ----------
-    lattice
-        Shape ``(3, 3)``, rows are lattice vectors (A).
-    frac_coords
-        Shape ``(n, 3)`` fractional coordinates.
-    cutoff
-        Distances above this (A) are reported as ``inf`` (the pair has no neighbour within the cutoff).
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``(n, n)``, symmetric. The diagonal is the shortest non-zero lattice translation. Two distinct
-        sites at the same point (or at the same point of another image) are 0 apart.
-
-    """
-    lattice = np.asarray(lattice, dtype=float)
-    frac = np.asarray(frac_coords, dtype=float)
-    volume = abs(np.linalg.det(lattice))
-    # Images needed along each axis: cutoff over the spacing of the lattice planes (V / |b x c| etc).
-    cross = np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]])
-    spacing = volume / np.linalg.norm(cross, axis=1)
-    reach = np.ceil(cutoff / spacing).astype(int) + 1
-    ranges = [np.arange(-r, r + 1) for r in reach]
-    images = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
-    delta = frac[None, :, :] - frac[:, None, :]  # (n, n, 3), j - i
-    delta -= np.round(delta)
-    cart = (delta[:, :, None, :] + images[None, None, :, :]) @ lattice  # (n, n, n_img, 3)
-    dist = np.linalg.norm(cart, axis=-1)
-    # Drop only each site's own zero-distance term (i == j, image 0): coincident distinct sites stay at 0.
-    origin = int(np.flatnonzero(~images.any(axis=1))[0])
-    sites = np.arange(len(frac))
-    dist[sites, sites, origin] = np.inf
-    best = dist.min(axis=-1)
-    best[best > cutoff] = np.inf
-    return best
 
 
 @dataclass(frozen=True, eq=False)

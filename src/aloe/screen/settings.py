@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from aloe.settings import AloeSettings
+from aloe.stagekit import StageSettings
 
 #: The offline CHGNet trio: the first-iteration committee of pretrained potentials.
 DEFAULT_COMMITTEE = ["chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan"]
@@ -55,7 +56,7 @@ class DiscardSettings(AloeSettings):
     )
 
 
-class ScreenSettings(AloeSettings):
+class ScreenSettings(StageSettings):
     """Query-by-committee screening of candidates."""
 
     input: Path | None = Field(
@@ -98,14 +99,4 @@ class ScreenSettings(AloeSettings):
     chunk_size: int = Field(
         2000, ge=1, description="Structures per output chunk for inputs that are not a run."
     )
-    workers: int = Field(1, ge=1, description="Processes screening chunks in parallel.")
-    executor: Literal["local", "process", "dask"] = Field("local", description="Where chunks run.")
-    scheduler: str | None = Field(None, description="Dask scheduler address (executor 'dask').")
-    output: Path | None = Field(None, description="Run folder; default runs/screen-<timestamp>.")
-    progress: bool | None = Field(
-        None, description="Show progress bars (default: when attached to a terminal)."
-    )
-
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"workers", "executor", "scheduler", "output", "progress", "device", "threads", "batch_size"}
-    )
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {"device", "threads", "batch_size"}

@@ -12,7 +12,6 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aloe import layout
 from aloe.data.candidates import read_chunk, write_table
 from aloe.data.inputs import InputChunk, prepare_inputs
+from aloe.devices import wants_gpu
 from aloe.elements import symbol_to_z, z_to_symbol
 from aloe.errors import AloeError
-from aloe.executors import get_executor
+from aloe.executors import Executor, InlineExecutor, stage_executor
 from aloe.progress import make_bar
 from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
 from aloe.screen.committee import Committee
 from aloe.screen.metrics import OUTCOMES, SELECTED, evaluate
 from aloe.screen.settings import ScreenSettings
+from aloe.stagekit import StageResult, Timings
 
-METRICS_DIR = "metrics"
-SELECTED_DIR = "selected"
-REFERENCES_FILE = "references.yaml"
+METRICS_DIR = layout.METRICS
+SELECTED_DIR = layout.SELECTED
+REFERENCES_FILE = layout.REFERENCES_FILE
 
 
 # ---- committee and references -----------------------------------------------------------------------------
@@ -73,6 +75,7 @@ def resolve_references(
     settings_json: str | None = None,
     *,
     failed: dict[str, str] | None = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, float]] | None:
     """Each member's elemental reference energies (eV/atom) for ``elements``; ``None`` for the total basis.
 
@@ -82,6 +85,9 @@ def resolve_references(
 
     Parameters
     ----------
+    executor
+        Where missing references are computed, one (model, element) pair per task, when it has more than one
+        worker (default: in this process).
     failed
         When given, an element that some member has no reference for (not in the table or the cache with
         computing off, or none of its forms usable: an element the model cannot handle, like Am for CHGNet) is
@@ -101,7 +107,9 @@ def resolve_references(
     store = ReferenceStore()
     # member -> element -> why not, from the worker tasks (so the serial pass below does not try them again)
     unavailable: dict[int, dict[str, str]] = defaultdict(dict)
-    if settings.workers > 1 and settings.compute_references and settings.references is None and settings_json:
+    executor = executor or InlineExecutor()
+    parallel = executor.kind == "dask" or executor.workers > 1
+    if parallel and settings.compute_references and settings.references is None and settings_json:
         tasks = [
             (settings_json, k, element)
             for k, member in enumerate(committee.members)
@@ -111,8 +119,9 @@ def resolve_references(
         if tasks:
             totals = Counter(k for _, k, _ in tasks)
             done: Counter[int] = Counter()
-            executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-            for k, element, seconds, details in executor.map_unordered(_reference_task, tasks):
+            for k, element, seconds, details in executor.map_unordered(
+                _reference_task, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
+            ):
                 done[k] += 1
                 name = committee.members[k].name
                 report_progress(
@@ -172,12 +181,21 @@ def reference_tables(references: list[dict[str, float]] | None) -> list[np.ndarr
 _COMMITTEES: dict[str, Committee] = {}
 
 
+def _committee_key(settings: ScreenSettings) -> str:
+    """What identifies a loaded committee: a worker reuses it for every chunk, and for the next run with it."""
+    return json.dumps(
+        [settings.committee, settings.device, settings.dtype, settings.batch_size, settings.threads]
+    )
+
+
 def _committee_for(settings_json: str) -> Committee:
-    committee = _COMMITTEES.get(settings_json)
+    settings = ScreenSettings.model_validate_json(settings_json)
+    key = _committee_key(settings)
+    committee = _COMMITTEES.get(key)
     if committee is None:
-        committee = load_screen_committee(ScreenSettings.model_validate_json(settings_json))
-        _COMMITTEES.clear()
-        _COMMITTEES[settings_json] = committee
+        committee = load_screen_committee(settings)
+        _COMMITTEES.clear()  # one committee per process: models are large
+        _COMMITTEES[key] = committee
     return committee
 
 
@@ -289,16 +307,6 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- the stage ------------------------------------------------------------------------------------------
-@dataclass
-class ScreenResult:
-    """What a screen run did."""
-
-    run_dir: Path
-    counts: dict[str, Any]
-    timings: dict[str, float]
-    summary_path: Path
-
-
 def _elements_of(chunks: list[InputChunk]) -> list[str]:
     seen: set[int] = set()
     for chunk in chunks:
@@ -307,87 +315,99 @@ def _elements_of(chunks: list[InputChunk]) -> list[str]:
     return [z_to_symbol(z) for z in sorted(seen)]
 
 
-def screen(settings: ScreenSettings, command: str | None = None) -> ScreenResult:
-    """Run the screen stage (resumable; see the module docstring)."""
+def screen(
+    settings: ScreenSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
+    """Run the screen stage (resumable; see the module docstring).
+
+    Parameters
+    ----------
+    settings
+        What to screen, with which committee, and where.
+    command
+        The command line to record in the summary (default: ``sys.argv``).
+    executor
+        Where the chunks and missing elemental references run (the caller's, left open); default: one opened
+        from the run options of ``settings``.
+    """
     if settings.input is None:
         raise AloeError("screen needs an input: a generate run folder or a structure file")
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    timings = Timings()
     run, settings = open_stage_run(
         settings, "screen", ScreenSettings.RUNTIME_KEYS, (METRICS_DIR, SELECTED_DIR)
     )
-
-    t0 = time.perf_counter()
-    chunks = prepare_inputs(
-        settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe screen"
-    )
-    elements = _elements_of(chunks)
-    timings["inputs"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    committee = load_screen_committee(settings)
-    timings["load_committee"] = time.perf_counter() - t0
-    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
-    _COMMITTEES.clear()
-    _COMMITTEES[settings_json] = committee
-    t0 = time.perf_counter()
-    no_reference: dict[str, str] = {}
-    references = resolve_references(committee, elements, settings, settings_json, failed=no_reference)
-    if references is not None:
-        write_yaml_atomic(run.path / REFERENCES_FILE, dict(zip(committee.names, references, strict=True)))
-    timings["references"] = time.perf_counter() - t0
-
-    todo = [c for c in chunks if not (run.path / METRICS_DIR / f"{c.name}.parquet").exists()]
-    tasks = (
-        {
-            "name": c.name,
-            "input": str(c.path),
-            "metrics": str(run.path / METRICS_DIR / f"{c.name}.parquet"),
-            "selected": str(run.path / SELECTED_DIR / f"{c.name}.parquet"),
-            "settings": settings_json,
-            "references": references,
-            "no_reference": no_reference,
-        }
-        for c in todo
-    )
-    total = sum(pq.ParquetFile(str(c.path)).metadata.num_rows for c in todo)
-    t0 = time.perf_counter()
-    done = Counter()
-    work_seconds = model_seconds = 0.0
-    bar = make_bar(enabled=settings.progress, total=total, desc="screen", unit="structure")
-    executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-    for result in executor.map_unordered(_run_chunk, tasks):
-        done.update(result["outcomes"])
-        work_seconds += result["seconds"]
-        model_seconds += result["model_seconds"]
-        bar.update(result["structures"])
-        n = sum(done.values())
-        bar.set_postfix(
-            per_s=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}", selected=f"{done[SELECTED] / n:.1%}"
+    with timings("inputs"):
+        chunks = prepare_inputs(
+            settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe screen"
         )
-    bar.close()
-    timings["screen"] = time.perf_counter() - t0
+        elements = _elements_of(chunks)
+    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
+    with timings("load_committee"):
+        committee = _committee_for(settings_json)  # reused by chunks that run in this process
+    with stage_executor(executor, settings) as executor:
+        with timings("references"):
+            no_reference: dict[str, str] = {}
+            references = resolve_references(
+                committee, elements, settings, settings_json, failed=no_reference, executor=executor
+            )
+            if references is not None:
+                write_yaml_atomic(
+                    run.path / REFERENCES_FILE, dict(zip(committee.names, references, strict=True))
+                )
+
+        todo = [c for c in chunks if not (run.path / METRICS_DIR / f"{c.name}.parquet").exists()]
+        tasks = (
+            {
+                "name": c.name,
+                "input": str(c.path),
+                "metrics": str(run.path / METRICS_DIR / f"{c.name}.parquet"),
+                "selected": str(run.path / SELECTED_DIR / f"{c.name}.parquet"),
+                "settings": settings_json,
+                "references": references,
+                "no_reference": no_reference,
+            }
+            for c in todo
+        )
+        total = sum(pq.ParquetFile(str(c.path)).metadata.num_rows for c in todo)
+        done = Counter()
+        work_seconds = model_seconds = 0.0
+        with timings("screen"):
+            t0 = time.perf_counter()
+            bar = make_bar(enabled=settings.progress, total=total, desc="screen", unit="structure")
+            for result in executor.map_unordered(
+                _run_chunk, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
+            ):
+                done.update(result["outcomes"])
+                work_seconds += result["seconds"]
+                model_seconds += result["model_seconds"]
+                bar.update(result["structures"])
+                n = sum(done.values())
+                bar.set_postfix(
+                    per_s=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}",
+                    selected=f"{done[SELECTED] / n:.1%}",
+                    failed=done["failed"],
+                )
+            bar.close()
     timings["chunk_work"] = work_seconds
     timings["inside_models"] = model_seconds
 
-    t0 = time.perf_counter()
-    counts, extra = summarize(run.path, chunks, committee.names, settings)
-    counts.update(
-        {
-            "chunks_total": len(chunks),
-            "chunks_resumed": len(chunks) - len(todo),
-            "structures_screened_now": sum(done.values()),
-            "elements": elements,
-        }
-    )
-    if no_reference:
-        counts["elements_without_reference"] = no_reference
-    if work_seconds > 0:
-        counts["share_inside_models"] = round(model_seconds / work_seconds, 4)
-    timings["summary"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
-    summary = run.write_summary(counts, timings, extra=extra, command=command)
-    return ScreenResult(run.path, counts, timings, summary)
+    with timings("summary"):
+        counts, extra = summarize(run.path, chunks, committee.names, settings)
+        counts.update(
+            {
+                "chunks_total": len(chunks),
+                "chunks_resumed": len(chunks) - len(todo),
+                "structures_screened_now": sum(done.values()),
+                "elements": elements,
+            }
+        )
+        if no_reference:
+            counts["elements_without_reference"] = no_reference
+        if work_seconds > 0:
+            counts["share_inside_models"] = round(model_seconds / work_seconds, 4)
+    seconds = timings.total()
+    summary = run.write_summary(counts, seconds, extra=extra, command=command)
+    return StageResult("screen", run.path, counts, seconds, summary)
 
 
 def read_metrics(run_dir: str | Path, columns: list[str] | None = None) -> pa.Table:

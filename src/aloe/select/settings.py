@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from aloe.settings import AloeSettings
+from aloe.stagekit import StageSettings
 
 #: The default encoder: pooled crystal features of a CHGNet model that ships inside the chgnet wheel (offline).
 DEFAULT_ENCODER = "chgnet-0.3.0"
@@ -75,7 +76,7 @@ class DirectSettings(AloeSettings):
         return self
 
 
-class SelectSettings(AloeSettings):
+class SelectSettings(StageSettings):
     """DIRECT selection of a diverse subset of structures."""
 
     input: Path | None = Field(
@@ -97,27 +98,13 @@ class SelectSettings(AloeSettings):
         "none", description="Also write the selected structures as one extended-XYZ file (selected.extxyz)."
     )
     chunk_size: int = Field(2000, ge=1, description="Structures per chunk for inputs that are not a run.")
-    workers: int = Field(1, ge=1, description="Processes encoding chunks in parallel.")
-    executor: Literal["local", "process", "dask"] = Field("local", description="Where chunks run.")
-    scheduler: str | None = Field(None, description="Dask scheduler address (executor 'dask').")
-    output: Path | None = Field(None, description="Run folder; default runs/select-<timestamp>.")
-    progress: bool | None = Field(
-        None, description="Show progress bars (default: when attached to a terminal)."
-    )
 
     #: Keys that may change when a run folder is reused. The features (input + encoder) are the run's durable part;
     #: the selection is recomputed from them every time, so DIRECT settings may change too (re-select, no re-encode).
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "workers",
-            "executor",
-            "scheduler",
-            "output",
-            "progress",
-            "device",
-            "threads",
-            "batch_size",
-            "direct",
-            "export",
-        }
-    )
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {
+        "device",
+        "threads",
+        "batch_size",
+        "direct",
+        "export",
+    }

@@ -28,17 +28,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aloe import layout
 from aloe.data.candidates import chunk_files, export_extxyz, read_chunk, write_table
 from aloe.data.inputs import InputChunk, prepare_inputs
+from aloe.devices import wants_gpu
 from aloe.errors import AloeError, InputFileError
-from aloe.executors import get_executor
+from aloe.executors import Executor, stage_executor
 from aloe.progress import make_bar
 from aloe.runs import atomic_path, open_stage_run
 from aloe.select.direct import DirectResult, direct_select
 from aloe.select.settings import SelectSettings
+from aloe.stagekit import StageResult, Timings
 
-FEATURES_DIR = "features"
-SELECTED_DIR = "selected"
+FEATURES_DIR = layout.FEATURES
+SELECTED_DIR = layout.SELECTED
 POINTS_FILE = "points.parquet"
 CLUSTERS_FILE = "clusters.csv"
 EXPORT_FILE = "selected.extxyz"
@@ -162,95 +165,98 @@ def read_features(run_dir: Path, chunks: list[InputChunk]) -> FeatureTable:
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------
-@dataclass
-class SelectResult:
-    """What a select run did."""
+def select(
+    settings: SelectSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
+    """Run the select stage (resumable; see the module docstring).
 
-    run_dir: Path
-    counts: dict[str, Any]
-    timings: dict[str, float]
-    summary_path: Path
-    direct: DirectResult
+    Parameters
+    ----------
+    settings
+        What to select from, how, and where.
+    command
+        The command line to record in the summary (default: ``sys.argv``).
+    executor
+        Where the chunks are encoded (the caller's, left open); default: one opened from the run options.
 
-
-def select(settings: SelectSettings, command: str | None = None) -> SelectResult:
-    """Run the select stage (resumable; see the module docstring)."""
+    Returns
+    -------
+    StageResult
+        With ``products["direct"]``, the :class:`~aloe.select.direct.DirectResult`.
+    """
     if settings.input is None:
         raise AloeError("select needs an input: a screen run folder or a structure file")
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    timings = Timings()
     run, settings = open_stage_run(
         settings, "select", SelectSettings.RUNTIME_KEYS, (FEATURES_DIR, SELECTED_DIR)
     )
+    with timings("inputs"):
+        chunks = prepare_inputs(
+            settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe select"
+        )
 
-    t0 = time.perf_counter()
-    chunks = prepare_inputs(
-        settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe select"
-    )
-    timings["inputs"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     todo = [c for c in chunks if not (run.path / FEATURES_DIR / f"{c.name}.npz").exists()]
     encoded_now = failed_now = 0
-    if todo:
-        settings_json = settings.model_copy(update={"output": None}).model_dump_json()
-        encoder = load_select_encoder(settings)
-        _ENCODERS.clear()
-        _ENCODERS[settings_json] = encoder
-        tasks = (
-            {
-                "name": c.name,
-                "input": str(c.path),
-                "features": str(run.path / FEATURES_DIR / f"{c.name}.npz"),
-                "settings": settings_json,
-            }
-            for c in todo
-        )
-        total = sum(pq.ParquetFile(str(c.path)).metadata.num_rows for c in todo)
-        bar = make_bar(
-            enabled=settings.progress, total=total, desc=f"encode ({settings.encoder})", unit="structure"
-        )
-        executor = get_executor(settings.executor, settings.workers, scheduler=settings.scheduler)
-        for result in executor.map_unordered(_encode_chunk, tasks):
-            encoded_now += result["structures"]
-            failed_now += result["failed"]
-            bar.update(result["structures"])
-            bar.set_postfix(per_s=f"{encoded_now / max(time.perf_counter() - t0, 1e-9):.1f}")
-        bar.close()
-    timings["encode"] = time.perf_counter() - t0
+    with timings("encode"):
+        if todo:
+            t0 = time.perf_counter()
+            settings_json = settings.model_copy(update={"output": None}).model_dump_json()
+            encoder = load_select_encoder(settings)
+            _ENCODERS.clear()
+            _ENCODERS[settings_json] = encoder
+            tasks = (
+                {
+                    "name": c.name,
+                    "input": str(c.path),
+                    "features": str(run.path / FEATURES_DIR / f"{c.name}.npz"),
+                    "settings": settings_json,
+                }
+                for c in todo
+            )
+            total = sum(pq.ParquetFile(str(c.path)).metadata.num_rows for c in todo)
+            bar = make_bar(
+                enabled=settings.progress, total=total, desc=f"encode ({settings.encoder})", unit="structure"
+            )
+            with stage_executor(executor, settings) as executor:
+                for result in executor.map_unordered(
+                    _encode_chunk, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
+                ):
+                    encoded_now += result["structures"]
+                    failed_now += result["failed"]
+                    bar.update(result["structures"])
+                    bar.set_postfix(
+                        per_s=f"{encoded_now / max(time.perf_counter() - t0, 1e-9):.1f}", failed=failed_now
+                    )
+            bar.close()
 
-    t0 = time.perf_counter()
-    table = read_features(run.path, chunks)
-    meta = _input_meta(chunks)
-    if len(meta["id"]) != len(table.row):
-        raise AloeError(f"{run.path}: features and inputs disagree in length; use a new run folder")
-    timings["read_features"] = time.perf_counter() - t0
+    with timings("read_features"):
+        table = read_features(run.path, chunks)
+        meta = _input_meta(chunks)
+        if len(meta["id"]) != len(table.row):
+            raise AloeError(f"{run.path}: features and inputs disagree in length; use a new run folder")
 
-    t0 = time.perf_counter()
-    result = direct_select(table.features, settings.direct, n_atoms=meta["n_atoms"], row_names=meta["id"])
-    timings["direct"] = time.perf_counter() - t0
+    with timings("direct"):
+        result = direct_select(table.features, settings.direct, n_atoms=meta["n_atoms"], row_names=meta["id"])
 
-    t0 = time.perf_counter()
-    mask = np.zeros(len(table.row), dtype=bool)
-    mask[result.selected] = True
-    _write_points(run.path, table, result, mask, meta)
-    _write_selected(run.path, chunks, table, mask)
-    if settings.export == "extxyz":
-        _export(run.path, chunks)
-    else:  # a re-selection must not leave the export of an earlier selection beside it
-        (run.path / EXPORT_FILE).unlink(missing_ok=True)
-    _write_clusters_csv(run.path, result, mask)
-    timings["write"] = time.perf_counter() - t0
+    with timings("write"):
+        mask = np.zeros(len(table.row), dtype=bool)
+        mask[result.selected] = True
+        _write_points(run.path, table, result, mask, meta)
+        _write_selected(run.path, chunks, table, mask)
+        if settings.export == "extxyz":
+            _export(run.path, chunks)
+        else:  # a re-selection must not leave the export of an earlier selection beside it
+            (run.path / EXPORT_FILE).unlink(missing_ok=True)
+        _write_clusters_csv(run.path, result, mask)
 
-    t0 = time.perf_counter()
-    from aloe.select.plots import plot_cluster_sizes, plot_pca
+    with timings("plots"):
+        from aloe.select.plots import plot_cluster_sizes, plot_pca
 
-    plots = run.path / "plots"
-    plots.mkdir(exist_ok=True)
-    plot_pca(result, mask, plots / "pca.png", encoder=table.encoder)
-    plot_cluster_sizes(result, plots / "cluster_sizes.png", k=settings.direct.k)
-    timings["plots"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+        plots = run.path / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_pca(result, mask, plots / "pca.png", encoder=table.encoder)
+        plot_cluster_sizes(result, plots / "cluster_sizes.png", k=settings.direct.k)
+    seconds = timings.total()
 
     counts = _counts(result, mask, table, chunks, todo, encoded_now, failed_now)
     extra = {
@@ -268,8 +274,8 @@ def select(settings: SelectSettings, command: str | None = None) -> SelectResult
         },
         "plots": ["plots/pca.png", "plots/cluster_sizes.png"],
     }
-    summary = run.write_summary(counts, timings, extra=extra, command=command)
-    return SelectResult(run.path, counts, timings, summary, result)
+    summary = run.write_summary(counts, seconds, extra=extra, command=command)
+    return StageResult("select", run.path, counts, seconds, summary, {"direct": result})
 
 
 def _counts(result, mask, table, chunks, todo, encoded_now, failed_now) -> dict[str, Any]:

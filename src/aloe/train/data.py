@@ -34,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from aloe import layout
 from aloe.data.formats import read_records, structure_arrays, write_records
 from aloe.errors import AloeError, InputFileError
 
 if TYPE_CHECKING:
     from ase import Atoms
 
-RECORDS_DIR = "records"
-ISOLATED_ATOMS_FILE = "isolated_atoms.yaml"
+RECORDS_DIR = layout.RECORDS
+ISOLATED_ATOMS_FILE = layout.ISOLATED_ATOMS_FILE
 #: Agreement needed between the isolated-atom energies of two label runs (eV).
 E0_TOLERANCE = 1e-6
 #: Keys of a published document that name it, in the order tried when a record has no ``aloe_record_id``.

@@ -57,7 +57,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from aloe.settings import AloeSettings
+from aloe.executors import ExecutorKind
+from aloe.stagekit import StageSettings
 
 #: MP-ALOE's MACE training as mace-torch options: the MACE-MP-0 "large" (128x0e+128x1o+128x2e) model for 100
 #: epochs. Sources (see the module docstring's table): paper = DESIGN.md's training facts (MP-ALOE paper), script =
@@ -143,7 +144,7 @@ BASE_OPTIONS: dict[str, Any] = {
 E0Source = Literal["isolated_atoms", "average", "foundation"]
 
 
-class TrainSettings(AloeSettings):
+class TrainSettings(StageSettings):
     """Train a committee of MACE models (mace-torch ``run_train``), each on its own train/valid/test split."""
 
     inputs: list[Path] = Field(
@@ -190,31 +191,20 @@ class TrainSettings(AloeSettings):
         "cpu", description="Where mace trains and aloe tests."
     )
     threads: int = Field(1, ge=1, description="Torch/OpenMP threads per member process.")
-    workers: int = Field(1, ge=1, description="Members trained at the same time (one process each).")
-    executor: Literal["local", "process", "dask"] = Field(
-        "process", description="Where members run (process: a local pool of `workers`)."
+    executor: ExecutorKind = Field(
+        "process",
+        description="Where members train when the stage runs on its own (process: a local pool of 'workers', "
+        "one member each; each member runs mace in a process of its own anyway).",
     )
-    scheduler: str | None = Field(None, description="Dask scheduler address (executor 'dask').")
     eval_batch_size: int = Field(16, ge=1, description="Structures per forward pass when testing a member.")
-    output: Path | None = Field(None, description="Run folder; default runs/train-<timestamp>.")
-    progress: bool | None = Field(
-        None, description="Show progress bars (default: when attached to a terminal)."
-    )
 
     #: May change when a run folder is reused: raising committee_size adds members to a finished committee.
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "committee_size",
-            "device",
-            "threads",
-            "workers",
-            "executor",
-            "scheduler",
-            "eval_batch_size",
-            "output",
-            "progress",
-        }
-    )
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {
+        "committee_size",
+        "device",
+        "threads",
+        "eval_batch_size",
+    }
 
     @field_validator("split")
     @classmethod

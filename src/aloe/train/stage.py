@@ -41,30 +41,30 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from aloe.data.records import EV_PER_A3_IN_KBAR, KBAR_IN_GPA
+from aloe import layout
+from aloe.devices import wants_gpu
 from aloe.errors import AloeError
-from aloe.executors import get_executor
+from aloe.executors import Executor, InlineExecutor, stage_executor
 from aloe.progress import make_bar, progress_enabled
 from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
+from aloe.stagekit import StageResult
 from aloe.train.data import Dataset, gather, member_split, minimum_for_split, read_extxyz, write_extxyz
 from aloe.train.mace_args import ENTRY_POINT, check_user_options, e0s_literal, format_args, validate_argv
 from aloe.train.settings import TrainSettings
+from aloe.units import EV_PER_A3_IN_GPA
 
-MEMBERS_DIR = "members"
-MODELS_DIR = "models"
-PLOTS_DIR = "plots"
+MEMBERS_DIR = layout.MEMBERS
+MODELS_DIR = layout.MODELS
+PLOTS_DIR = layout.PLOTS
 ERRORS_FILE = "errors.csv"
 DATASET_FILE = "dataset.yaml"
 PREDICTIONS_FILE = "test_predictions.npz"
-#: 1 eV/A^3 in GPa.
-EV_PER_A3_IN_GPA = EV_PER_A3_IN_KBAR * KBAR_IN_GPA
 ERROR_COLUMNS = (
     "member",
     "n_train",
@@ -78,18 +78,6 @@ ERROR_COLUMNS = (
     "stress_mae_GPa",
     "stress_rmse_GPa",
 )
-
-
-@dataclass
-class TrainResult:
-    """What a train run did."""
-
-    run_dir: Path
-    counts: dict[str, Any]
-    timings: dict[str, float]
-    summary_path: Path
-    models: list[Path]
-    errors: list[dict[str, Any]]
 
 
 def member_name(k: int) -> str:
@@ -480,8 +468,13 @@ def _resolve_foundation(value: str | None) -> str | None:
     return value  # a mace-torch model name (mace downloads it: needs a network)
 
 
-def train(settings: TrainSettings, command: str | None = None) -> TrainResult:
+def train(
+    settings: TrainSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
     """Train (or resume) a MACE committee; see the module docstring.
+
+    ``executor`` runs the members (the caller's, left open); default: one opened from the run options. The
+    result's ``products`` hold ``models`` (paths, member order) and ``errors`` (the test-error table).
 
     Raises
     ------
@@ -552,18 +545,16 @@ def train(settings: TrainSettings, command: str | None = None) -> TrainResult:
         watcher = _EpochWatcher(bar, logs, int(options.get("max_num_epochs", 0)))
         watcher.start()
     results: dict[int, dict[str, Any]] = {}
-    if to_train:
-        executor = get_executor(
-            settings.executor, min(settings.workers, len(to_train)), scheduler=settings.scheduler
-        )
-    else:  # nothing to train: at most a test set to predict, here
-        executor = get_executor("local")
     try:
-        for result in executor.map_unordered(_member_task, tasks):
-            results[result["member"]] = result
-            if watcher is not None:
-                watcher.done.add(result["member"])
-            bar.update(1)
+        # Nothing to train: at most a test set to predict, here.
+        with stage_executor(executor if to_train else InlineExecutor(), settings) as executor:
+            for result in executor.map_unordered(
+                _member_task, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
+            ):
+                results[result["member"]] = result
+                if watcher is not None:
+                    watcher.done.add(result["member"])
+                bar.update(1)
     finally:
         if watcher is not None:
             watcher.halt.set()
@@ -652,4 +643,4 @@ def train(settings: TrainSettings, command: str | None = None) -> TrainResult:
     if failures:
         raise AloeError(failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     models = [models_dir / f"{member_name(k)}.model" for k in members]
-    return TrainResult(run.path, counts, timings, summary, models, table)
+    return StageResult("train", run.path, counts, timings, summary, {"models": models, "errors": table})
