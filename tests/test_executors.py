@@ -224,6 +224,11 @@ def test_process_limit_one_runs_here_and_pool_runs_in_parallel(process_executor,
     assert max_overlap(two) <= 2
     assert os.getpid() not in pids(two)
 
+    single = tmp_path / "single"
+    single.mkdir()  # one task: here too (no process start, no second copy of a model loaded here)
+    assert list(process_executor.map_unordered(record_interval, iter([(str(single), 0, 0.0)]))) == [0]
+    assert pids(single) == {os.getpid()}
+
 
 def test_dask_limit_respected(dask_executor, tmp_path):
     tasks = [(str(tmp_path), i, 0.1) for i in range(8)]

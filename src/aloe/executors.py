@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Literal
 
 from pydantic import Field
@@ -166,7 +166,8 @@ class ProcessExecutor(Executor):
 
     The pool starts on the first map that runs more than one task at once and serves every stage of the run, so
     a worker loads a model once for all the chunks it screens. When the effective parallelism is one (one worker,
-    or ``limit=1``), tasks run in this process: a second process would only add start-up time. A worker process
+    or ``limit=1``) or a map has a single task, it runs in this process: a second process would only add start-up
+    time. A worker process
     that dies (killed, out of memory) breaks the pool: it is started again and the tasks that were in flight are
     submitted again (tasks write their output atomically, so a repeated task changes nothing), at most
     :data:`MAX_POOL_RESTARTS` times per map. Several maps may run on the executor at once (interleaved
@@ -190,13 +191,17 @@ class ProcessExecutor(Executor):
     def map_unordered(self, fn, tasks, *, limit=None, gpu=False):
         """Yield results as workers finish them."""
         parallel = min(limit or self.workers, self.workers)
-        if parallel <= 1:
-            yield from InlineExecutor().map_unordered(fn, tasks)
+        task_iter = iter(tasks)
+        # A single task runs here too: the pool would only add a process start and a second copy of the model the
+        # stage has loaded in this process already (a select stage of one chunk, a screen of one chunk).
+        first = list(islice(task_iter, 2))
+        if parallel <= 1 or len(first) <= 1:
+            yield from InlineExecutor().map_unordered(fn, chain(first, task_iter))
             return
+        task_iter = chain(first, task_iter)
         # Below the pool size, the window is the limit (at most `limit` tasks in the pool, so at most that many
         # run); otherwise a few per process, so a process never waits for the client to hand it the next task.
         window = parallel if parallel < self.workers else TASKS_PER_WORKER * parallel
-        task_iter = iter(tasks)
         pending: dict[Future, Any] = {}
         backlog: deque[Any] = deque()  # tasks of a broken pool, submitted again before new ones
         restarts = 0
