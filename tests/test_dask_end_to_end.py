@@ -25,12 +25,8 @@ from aloe.screen.settings import ScreenSettings
 from aloe.screen.stage import screen
 from aloe.select.settings import SelectSettings
 from aloe.select.stage import select
+from tests.loop.test_loop import LJ_COMMITTEE
 
-LJ_COMMITTEE = [
-    "lj(sigma=2.3,epsilon=0.05,rc=6.0)",
-    "lj(sigma=2.4,epsilon=0.05,rc=6.0)",
-    "lj(sigma=2.3,epsilon=0.07,rc=6.0)",
-]
 #: The stages' products (what the next stage reads) and their per-chunk outputs: these must be identical.
 PRODUCTS = {
     "generate": ["chunks/*.parquet", "occupations.json", "plan.npz"],
@@ -211,31 +207,14 @@ def test_two_iteration_loop_on_dask_gives_the_serial_dataset(tmp_path, proto_dir
     from aloe.label.stage import iter_records
     from aloe.loop.loop import run_loop
     from aloe.loop.settings import RunConfig
+    from tests.loop.test_loop import loop_config
 
     monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
 
     def config(out: Path, executor: dict) -> RunConfig:
-        return RunConfig.model_validate(
-            {
-                "run": {"iterations": 2, "committee": LJ_COMMITTEE, "max_label": 6, "output": str(out)},
-                "executor": executor,
-                "generate": {
-                    "prototypes": {"source": str(proto_dir), "arity": [2]},
-                    "elements": ["Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"],
-                    "sample": 40,
-                    "chunk_size": 10,
-                    "subsampling": {"enabled": False},
-                },
-                "screen": {
-                    "energy_basis": "total",
-                    "compute_references": False,
-                    "thresholds": {"energy": 1e-4, "force": 1e-4, "stress": 1e-4},
-                },
-                "select": {"encoder": "matminer", "direct": {"k": 2, "birch_threshold": 0.3}},
-                "label": {"labeler": "emt", "chunk_size": 4},
-                "train": {"preset": "tiny", "committee_size": 2, "epochs": 2},
-            }
-        )
+        # test_loop's EMT + tiny MACE loop, each label in a child process
+        data = loop_config(proto_dir, out, iterations=2, label={"isolate": True})
+        return RunConfig.model_validate({**data, "executor": executor})
 
     serial = run_loop(config(tmp_path / "serial", {"kind": "local"}))
     dask = run_loop(config(tmp_path / "dask", {"kind": "dask"}), executor=open_executor(client=dask_client))

@@ -523,5 +523,11 @@ def test_fine_tuning_from_a_member_and_growing_the_committee(committee, labelled
     grown = train(_settings([labelled], grown_dir, committee_size=4, epochs=4, workers=2))
     assert grown.counts["trained_now"] == 2 and grown.counts["finished"] == 4
     assert (grown_dir / "models" / "member-3.model").is_file()
-    assert [r["member"] for r in grown.errors] == ["member-0", "member-1", "member-2", "member-3", "mean"]
-    assert grown.errors[:2] == committee.errors[:2]
+    assert [r["member"] for r in grown.products["errors"]] == [
+        "member-0",
+        "member-1",
+        "member-2",
+        "member-3",
+        "mean",
+    ]
+    assert grown.products["errors"][:2] == committee.products["errors"][:2]
