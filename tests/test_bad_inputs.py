@@ -610,13 +610,21 @@ def test_degenerate_cells_are_listed_per_structure():
 
 
 LOCK_HOLDER = """
-import sys, time
+import os, sys, time
 from aloe.runs import claim_folder
+
+def child_main(marker):
+    open(marker, "w").close()  # written after the fork hooks ran (they drop the inherited lock)
+    time.sleep(60)
+
 claim = claim_folder(sys.argv[1], "run.yaml", "a test")
 if sys.argv[2] == "fork":  # a forked worker that outlives its parent must not keep the folder locked
     import multiprocessing
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=False)
+    marker = sys.argv[1] + ".child-started"
+    child = multiprocessing.get_context("fork").Process(target=child_main, args=(marker,), daemon=False)
     child.start()
+    while not os.path.exists(marker):  # on a busy machine the child may not have run at all yet
+        time.sleep(0.01)
     print(child.pid, flush=True)
 print("ready", flush=True)
 time.sleep(60)
