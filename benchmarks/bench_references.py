@@ -87,16 +87,17 @@ def run_model(model: str, elements: list[str], workers: int) -> dict[str, Any]:
         assert not any(Path(cache).iterdir())
         rows = []
         t0 = time.perf_counter()
-        executor = get_executor("process" if workers > 1 else "local", workers)
         tasks = [(cache, settings_json, e) for e in elements]
-        for n, row in enumerate(executor.map_unordered(_task, tasks), 1):
-            rows.append(row)
-            print(
-                progress_line(
-                    model, row["element"], n, len(elements), row["seconds"], row.get("error") or row
+        # A fresh pool per model, closed at the end (its processes' peak memory is this model's).
+        with get_executor("process" if workers > 1 else "local", workers) as executor:
+            for n, row in enumerate(executor.map_unordered(_task, tasks), 1):
+                rows.append(row)
+                print(
+                    progress_line(
+                        model, row["element"], n, len(elements), row["seconds"], row.get("error") or row
+                    )
                 )
-            )
-            sys.stdout.flush()
+                sys.stdout.flush()
         wall = time.perf_counter() - t0
         potential = load_potential(model)
         store = ReferenceStore(Path(cache) / "references")

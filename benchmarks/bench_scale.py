@@ -111,7 +111,7 @@ def load_committee_here(settings_json: str) -> dict[str, Any]:
 
     from aloe.screen import stage
 
-    committee = stage._committee_for(settings_json)
+    committee = stage._committee_for(stage.ScreenSettings.model_validate_json(settings_json))
     for member in committee.members:
         getattr(member, "model", None)
     return {
@@ -245,7 +245,7 @@ def resolve_elements_references(settings: Any) -> list[dict[str, float]] | None:
     from aloe.screen.stage import _committee_for, resolve_references
 
     settings_json = settings_json_of(settings)
-    committee = _committee_for(settings_json)
+    committee = _committee_for(settings)
     return resolve_references(committee, ELEMENTS, settings, settings_json, failed={})
 
 

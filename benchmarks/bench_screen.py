@@ -283,7 +283,7 @@ def references(workers: int) -> dict[str, dict[str, float]]:
 
     settings = ScreenSettings(committee=COMMITTEE, workers=workers)
     settings_json = settings.model_dump_json()
-    committee = _committee_for(settings_json)
+    committee = _committee_for(settings)
     with get_executor("process" if workers > 1 else "local", workers) as executor:
         refs = resolve_references(committee, ELEMENTS, settings, settings_json, executor=executor)
     return dict(zip(committee.names, refs, strict=True))

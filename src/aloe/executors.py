@@ -157,10 +157,6 @@ class InlineExecutor(Executor):
         return "in this process"
 
 
-#: Kept for callers of the first API.
-LocalExecutor = InlineExecutor
-
-
 class ProcessExecutor(Executor):
     """A pool of local worker processes (``concurrent.futures``, forkserver), kept for the executor's lifetime.
 
@@ -627,11 +623,3 @@ def stage_executor(given: Executor | None, options: Any) -> Iterator[Executor]:
         yield executor
     finally:
         executor.close()
-
-
-def worker_count() -> int:
-    """CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

@@ -13,7 +13,7 @@ import yaml
 
 from aloe.data.candidates import chunk_files, table_from_atoms, write_table
 from aloe.errors import AloeError
-from aloe.layout import INPUTS, STRUCTURE_OUTPUTS, run_verb
+from aloe.layout import INPUTS, run_verb, structures_dir
 from aloe.runs import atomic_path
 
 
@@ -23,10 +23,6 @@ class InputChunk:
 
     name: str
     path: Path
-
-
-#: Run folders whose structures another stage can read -> the sub-folder holding them (the layout's contract).
-RUN_OUTPUTS = STRUCTURE_OUTPUTS
 
 
 def prepare_inputs(
@@ -52,7 +48,7 @@ def prepare_inputs(
     source = Path(source)
     verb = run_verb(source)
     if verb in accept:
-        folder = source / STRUCTURE_OUTPUTS[verb]
+        folder = structures_dir(source, verb)
         files = chunk_files(folder)
         if not files:
             raise AloeError(f"{source}: run folder has no chunk files yet (is the run finished?)")

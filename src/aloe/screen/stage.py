@@ -63,7 +63,8 @@ def _reference_task(task: tuple[str, int, str]) -> tuple[int, str, float, dict[s
     from aloe.potentials.references import ReferenceStore
 
     t0 = time.perf_counter()
-    refs = ReferenceStore().references(_committee_for(settings_json).members[member], [element], strict=False)
+    committee = _committee_for(ScreenSettings.model_validate_json(settings_json))
+    refs = ReferenceStore().references(committee.members[member], [element], strict=False)
     seconds = time.perf_counter() - t0
     return member, element, seconds, refs.failed.get(element, refs.info.get(element, {}))
 
@@ -188,8 +189,7 @@ def _committee_key(settings: ScreenSettings) -> str:
     )
 
 
-def _committee_for(settings_json: str) -> Committee:
-    settings = ScreenSettings.model_validate_json(settings_json)
+def _committee_for(settings: ScreenSettings) -> Committee:
     key = _committee_key(settings)
     committee = _COMMITTEES.get(key)
     if committee is None:
@@ -285,7 +285,7 @@ def metrics_table(
 def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     settings = ScreenSettings.model_validate_json(task["settings"])
-    committee = _committee_for(task["settings"])
+    committee = _committee_for(settings)
     rows = read_chunk(task["input"])
     tables = reference_tables(task["references"])
     metrics, model_seconds, min_dist = screen_rows(
@@ -343,7 +343,7 @@ def screen(
         elements = _elements_of(chunks)
     settings_json = settings.model_copy(update={"output": None}).model_dump_json()
     with timings("load_committee"):
-        committee = _committee_for(settings_json)  # reused by chunks that run in this process
+        committee = _committee_for(settings)  # reused by chunks that run in this process
     with stage_executor(executor, settings) as executor:
         with timings("references"):
             no_reference: dict[str, str] = {}
