@@ -423,6 +423,18 @@ CASES: list[Case] = [
         Refused(r"loop\.yaml: section 'label': key 'gpaw\.ecutt': unknown key$", absent=("loop",)),
         subprocess=True,
     ),
+    Case(
+        "run-config-executor-in-a-stage-section",
+        lambda s: run_loop(s, {"train": {"executor": "process"}}),
+        Refused(r"loop\.yaml: section 'train': key 'executor': .*section 'executor'", absent=("loop",)),
+        subprocess=True,
+    ),
+    Case(
+        "run-config-unknown-executor-kind",
+        lambda s: run_loop(s, {"executor": {"kind": "threads"}}),
+        Refused(r"loop\.yaml: key 'executor\.kind': .*threads", absent=("loop",)),
+        subprocess=True,
+    ),
     # -- output folders: only a stage's own run folders, one process at a time --
     Case(
         "generate-into-a-foreign-folder",
