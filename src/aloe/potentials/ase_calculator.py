@@ -178,6 +178,58 @@ class LennardJonesPotential(ASECalculatorPotential):
         self.functional = "Lennard-Jones (stand-in)"
 
 
+def attractive_lennard_jones(sigma: float = 2.5, epsilon: float = 0.01, rc: float = 6.0) -> Calculator:
+    """Lennard-Jones with its repulsive r^-12 wall removed: a DELIBERATELY BROKEN ASE calculator.
+
+    ``E = sum over pairs within rc of -4 epsilon ((sigma / r)^6 - (sigma / rc)^6)``: the energy falls without bound
+    as atoms approach, so an energy-volume scan has no minimum and molecular dynamics collapses. It stands for a
+    potential trained without short-range data; the benchmarks must flag it (aloe's tests check they do). The class
+    is built on first call, so importing this module stays light.
+    """
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.neighborlist import neighbor_list
+
+    class _AttractiveLJ(Calculator):
+        implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+            super().calculate(atoms, properties, system_changes)
+            # Full neighbour list: every pair appears twice (i -> j and j -> i), hence the halves below.
+            i, d, vec = neighbor_list("idD", self.atoms, rc)
+            s6 = (sigma / d) ** 6
+            pair_energy = -4.0 * epsilon * (s6 - (sigma / rc) ** 6)
+            de_dr = 24.0 * epsilon * s6 / d  # dE/dr > 0: the pair pulls its atoms together
+            forces = np.zeros((len(self.atoms), 3))
+            np.add.at(forces, i, (de_dr / d)[:, None] * vec)
+            energy = 0.5 * float(pair_energy.sum())
+            virial = 0.5 * np.einsum("p,pa,pb->ab", de_dr / d, vec, vec)
+            stress = virial / self.atoms.get_volume()
+            self.results = {
+                "energy": energy,
+                "free_energy": energy,
+                "forces": forces,
+                "stress": np.array(
+                    [stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]]
+                ),
+            }
+
+    _AttractiveLJ.__name__ = "AttractiveLennardJones"
+    return _AttractiveLJ()
+
+
+class AttractiveLennardJonesPotential(ASECalculatorPotential):
+    """:func:`attractive_lennard_jones` as a potential (``lj-nowall``): the deliberately broken stand-in."""
+
+    def __init__(self, sigma: float = 2.5, epsilon: float = 0.01, rc: float = 6.0) -> None:
+        name = f"lj-nowall(sigma={float(sigma)!r},epsilon={float(epsilon)!r},rc={float(rc)!r})"
+        super().__init__(
+            attractive_lennard_jones,
+            name=name,
+            kwargs={"sigma": float(sigma), "epsilon": float(epsilon), "rc": float(rc)},
+        )
+        self.functional = "Lennard-Jones without repulsion (deliberately broken stand-in)"
+
+
 def import_object(path: str) -> Any:
     """Import ``"package.module:attribute"`` (dots after the colon walk attributes).
 

@@ -9,7 +9,8 @@ Specs
 - an ASE ``Calculator`` instance: wrapped (one structure at a time);
 - built-in names: ``chgnet-0.3.0``, ``chgnet-0.2.0``, ``chgnet-r2scan`` (weights inside the chgnet wheel),
   ``emt`` and ``lj`` (cheap stand-ins for tests and demos; ``lj`` takes ``sigma``, ``epsilon``, ``rc`` options or
-  its own printed name ``lj(sigma=2.5,epsilon=0.01,rc=6)``);
+  its own printed name ``lj(sigma=2.5,epsilon=0.01,rc=6)``), and ``lj-nowall`` (Lennard-Jones without its
+  repulsive wall: a deliberately broken stand-in that the benchmarks must flag);
 - a MACE model file: ``path/to/file.model`` or ``mace:PATH``;
 - ``package.module:factory``: a class or function returning an ASE calculator or a ``Potential``;
 - optional extras: ``sevennet:MODEL`` (package sevenn), ``mattersim:MODEL`` (package mattersim).
@@ -35,7 +36,7 @@ from aloe.errors import AloeError
 from aloe.potentials.base import Potential
 
 #: Built-in names (weights ship with their wheel, or no weights at all).
-BUILTIN_NAMES: tuple[str, ...] = ("chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan", "emt", "lj")
+BUILTIN_NAMES: tuple[str, ...] = ("chgnet-0.3.0", "chgnet-0.2.0", "chgnet-r2scan", "emt", "lj", "lj-nowall")
 
 #: Prefix -> (package to import, pip requirement, what it is) for models that are optional extras.
 OPTIONAL_EXTRAS: dict[str, tuple[str, str, str]] = {
@@ -100,6 +101,8 @@ def load_potential(spec: Any, **options: Any) -> Potential:
         return EMTPotential()
     if text == "lj" or text.startswith("lj("):
         return _lennard_jones(text, opts)
+    if text == "lj-nowall" or text.startswith("lj-nowall("):
+        return _lennard_jones(text, opts, wall=False)
     prefix, sep, rest = text.partition(":")
     if sep and prefix == "mace":
         return _mace(rest, opts)
@@ -202,20 +205,22 @@ def _mace(path: str, opts: dict[str, Any]) -> Potential:
     )
 
 
-def _lennard_jones(text: str, opts: dict[str, Any]) -> Potential:
-    from aloe.potentials.ase_calculator import LennardJonesPotential
+def _lennard_jones(text: str, opts: dict[str, Any], wall: bool = True) -> Potential:
+    from aloe.potentials.ase_calculator import AttractiveLennardJonesPotential, LennardJonesPotential
 
+    base = "lj" if wall else "lj-nowall"
+    allowed = _LJ_OPTIONS if wall else _LJ_OPTIONS[:3]  # the broken stand-in has no smooth cutoff
     params: dict[str, Any] = {}
-    if text != "lj":
+    if text != base:
         # The printed name, e.g. "lj(sigma=2.5,epsilon=0.01,rc=6,smooth)", resolves back to the same potential.
-        inner = text[3:-1] if text.endswith(")") else None
+        inner = text[len(base) + 1 : -1] if text.endswith(")") else None
         if inner is None:
-            raise AloeError(f"{text!r}: expected lj(sigma=...,epsilon=...,rc=...)")
+            raise AloeError(f"{text!r}: expected {base}(sigma=...,epsilon=...,rc=...)")
         for part in filter(None, (p.strip() for p in inner.split(","))):
             key, eq, value = part.partition("=")
-            if key not in _LJ_OPTIONS:
+            if key not in allowed:
                 raise AloeError(
-                    f"{text!r}: unknown Lennard-Jones parameter {key!r} (use {', '.join(_LJ_OPTIONS)})"
+                    f"{text!r}: unknown Lennard-Jones parameter {key!r} (use {', '.join(allowed)})"
                 )
             if key == "smooth":
                 params[key] = not eq or value.strip().lower() in ("1", "true", "yes")
@@ -224,9 +229,9 @@ def _lennard_jones(text: str, opts: dict[str, Any]) -> Potential:
                 params[key] = float(value)
             except ValueError:
                 raise AloeError(f"{text!r}: {key} must be a number, not {value!r}") from None
-    _reject("lj", opts, allowed=STANDARD_OPTIONS | set(_LJ_OPTIONS))
-    params.update({k: opts[k] for k in _LJ_OPTIONS if k in opts})
-    return LennardJonesPotential(**params)
+    _reject(base, opts, allowed=STANDARD_OPTIONS | set(allowed))
+    params.update({k: opts[k] for k in allowed if k in opts})
+    return LennardJonesPotential(**params) if wall else AttractiveLennardJonesPotential(**params)
 
 
 def _optional_extra(prefix: str, model: str, opts: dict[str, Any]) -> Potential:
