@@ -292,8 +292,11 @@ class EVScan(Benchmark):
 
     def calc(self, structure: BenchStructure) -> dict[str, Any]:
         """Scan one structure (one prediction call for its points)."""
-        from aloe.structures import StructureBatch
+        from aloe.structures import StructureBatch, cell_problem
 
+        problem = cell_problem(np.asarray(structure.atoms.cell[:], dtype=float))
+        if problem is not None:
+            raise ValueError(problem)
         points = self.points(structure)
         pred = self.potential.predict(StructureBatch.from_atoms(points, ids=[structure.id] * len(points)))
         return self.row(structure, pred.energy, pred.errors)
@@ -309,7 +312,7 @@ class EVScan(Benchmark):
         grows with its atoms). A structure whose points cannot be built or predicted gets a failure row; the
         others of its chunk are unaffected.
         """
-        from aloe.structures import StructureBatch
+        from aloe.structures import StructureBatch, cell_problem
 
         rows: list[dict[str, Any] | None] = [None] * len(structures)
         chunk = self.settings.batch_structures
@@ -323,8 +326,11 @@ class EVScan(Benchmark):
                 structure = structures[index]
                 t_build = time.perf_counter()
                 try:
+                    problem = cell_problem(np.asarray(structure.atoms.cell[:], dtype=float))
+                    if problem is not None:
+                        raise ValueError(problem)
                     points = self.points(structure)
-                    StructureBatch.from_atoms(points)  # a cell that cannot be batched fails alone
+                    StructureBatch.from_atoms(points)  # a structure that cannot be batched fails alone
                 except Exception as exc:
                     rows[index] = failure_row(
                         structure, f"cannot build EV points: {one_line(exc)}", time.perf_counter() - t_build
