@@ -48,7 +48,7 @@ class EquilibriumSettings(AloeSettings):
         "matpes-r2scan",
         description="isolated-atom energies used when the reference set brings none (MatPES energy_atomic values)",
     )
-    fingerprint: bool = Field(
+    compute_fingerprint: bool = Field(
         True, description="compute the structure fingerprint distance (matminer CrystalNN site statistics)"
     )
 
@@ -236,7 +236,7 @@ class Equilibrium(Benchmark):
         e_coh_ref = cohesive_energy_per_atom(float(structure.energy), symbols, atom_energies)
         e_coh_pred = cohesive_energy_per_atom(energy, symbols, atom_energies)
         distance: float | None = None
-        if self.settings.fingerprint:
+        if self.settings.compute_fingerprint:
             try:
                 distance = fingerprint_distance(structure.atoms, relaxed)
             except Exception:  # a fingerprint matminer cannot make costs the column, not the energies
