@@ -121,11 +121,12 @@ class MixtureSettings(AloeSettings):
         "solids that CHGNet covers).",
     )
     min_distance_factor: float = Field(
-        0.7,
+        0.5,
         gt=0,
         le=2,
         description="Smallest allowed distance between two atoms, as a multiple of the sum of their covalent "
-        "radii (ase.data.covalent_radii), when atoms are placed.",
+        "radii (ase.data.covalent_radii), when atoms are placed (0.5: about 0.6 of a metal's nearest-neighbour distance; "
+        "random packing jams near 0.8).",
     )
     volume_factor: float = Field(
         1.0,
@@ -278,7 +279,7 @@ def random_mixtures(settings: MixtureSettings | None = None) -> list[BenchStruct
         atoms.info = {"seed": settings.seed, "zbl_steps": steps}
         out.append(
             BenchStructure(
-                id=f"mixture-{k}-{atoms.get_chemical_formula(mode='metal', empirical=True)}",
+                id=f"mixture-{k}-{atoms.get_chemical_formula(mode='metal')}",
                 atoms=atoms,
                 source="builtin:mixtures",
             )
