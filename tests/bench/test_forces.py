@@ -232,3 +232,5 @@ def test_structures_without_usable_reference_forces_fail_alone():
     assert "6 components for 1 atoms" in rows[2]["error"]
     assert "NaN" in rows[3]["error"]
     assert ForceParity.aggregate(rows)["n_failed"] == 3
+    with pytest.raises(ValueError, match="no reference forces"):
+        ForceParity("emt").calc(none)

@@ -278,6 +278,9 @@ class ForceParity(Benchmark):
         """Forces of one structure (one prediction call)."""
         from aloe.structures import StructureBatch
 
+        problem = self.usable(structure)
+        if problem is not None:
+            raise ValueError(problem)
         self._reference(structure)
         pred = self.potential.predict(StructureBatch.from_atoms([structure.atoms], ids=[structure.id]))
         return self.row(structure, pred.forces, pred.errors[0])
