@@ -1,0 +1,219 @@
+"""``aloe bench reference`` with the EMT stand-in (GPAW only in a slow test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from aloe.bench.reference import (
+    BenchReferenceSettings,
+    LabelerCalculator,
+    binary_crystals,
+    make_reference,
+)
+from aloe.bench.structures import (
+    ATOM_ENERGIES_FILE,
+    CRYSTALS_FILE,
+    SUPERCELLS_FILE,
+    read_reference_set,
+    split_roles,
+)
+from aloe.errors import AloeError
+from aloe.label.emt import STAND_IN_NAME, EMTLabeler
+
+PRODUCTS = (CRYSTALS_FILE, SUPERCELLS_FILE, ATOM_ENERGIES_FILE)
+
+
+def emt_settings(output: Path, **extra) -> BenchReferenceSettings:
+    return BenchReferenceSettings(
+        labeler="emt", elements=["Cu", "Al", "Ni"], output=output, progress=False, fmax=0.02, **extra
+    )
+
+
+def products(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in PRODUCTS}
+
+
+@pytest.fixture(scope="module")
+def emt_run(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("reference") / "run"
+    result = make_reference(emt_settings(folder), command="aloe bench reference --labeler emt")
+    return folder, result
+
+
+def test_emt_reference_outputs(emt_run) -> None:
+    folder, result = emt_run
+    assert result.stage == "bench-reference" and result.run_dir == folder
+    c = result.counts
+    assert (c["crystals_ok"], c["supercells_ok"], c["atoms_ok"]) == (3, 3, 3)
+    assert c["crystals_failed"] == c["supercells_failed"] == c["atoms_failed"] == 0
+    assert c["crystals_converged"] == 3 and c["reused"] == 0
+    assert result.summary_path.exists() and result.products["reference"] == folder
+    for name in PRODUCTS:
+        assert (folder / name).is_file()
+
+    rs = read_reference_set(folder)
+    assert rs.functional == STAND_IN_NAME
+    assert set(rs.atom_energies) == {"Cu", "Al", "Ni"}
+    assert rs.atom_energies["Cu"] == pytest.approx(EMTLabeler().isolated_atom_energy("Cu", folder))
+    crystals, supercells = split_roles(rs)
+    assert [s.id for s in crystals] == ["Cu-fcc", "Al-fcc", "Ni-fcc"]
+    assert [s.id for s in supercells] == ["Cu-fcc/sc0", "Al-fcc/sc0", "Ni-fcc/sc0"]
+    for s in crystals:
+        # Relaxed: forces and stress x volume below fmax (FrechetCellFilter's criterion); labels are EMT's own.
+        assert np.linalg.norm(s.forces, axis=1).max() < 0.02
+        assert np.abs(s.stress).max() * s.atoms.get_volume() < 0.02
+        atoms = s.atoms.copy()
+        atoms.calc = EMT()
+        assert s.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    for s in supercells:
+        assert 18 <= len(s.atoms) <= 32
+        assert s.forces.shape == (len(s.atoms), 3) and np.abs(s.forces).max() > 1e-3  # displaced
+        atoms = s.atoms.copy()
+        atoms.calc = EMT()
+        np.testing.assert_allclose(s.forces, atoms.get_forces(), atol=1e-9)
+    energies = json.loads((folder / ATOM_ENERGIES_FILE).read_text())
+    assert energies["labeler"] == "emt" and energies["functional"] == STAND_IN_NAME
+    assert energies["settings"] == {"relax_steps": 0}
+
+
+def test_rerun_recomputes_nothing_and_writes_the_same_bytes(emt_run, monkeypatch) -> None:
+    folder, _ = emt_run
+    before = products(folder)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run must not label again")
+
+    monkeypatch.setattr(EMTLabeler, "calculate", refuse)
+    monkeypatch.setattr(EMTLabeler, "isolated_atom_energy", refuse)
+    result = make_reference(emt_settings(folder))
+    assert result.counts["computed"] == 0 and result.counts["reused"] == 9
+    assert result.counts["crystals_ok"] == 3
+    assert products(folder) == before
+
+
+def test_killed_run_resumes_the_missing_work_only(emt_run, tmp_path: Path) -> None:
+    import shutil
+
+    folder, _ = emt_run
+    before = products(folder)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "run.lock").unlink(missing_ok=True)
+    # A run killed after Cu's crystal: no products, no later checkpoints.
+    for name in PRODUCTS:
+        (copy / name).unlink()
+    chunks = sorted((copy / "chunks").glob("*.json"))
+    for chunk in chunks:
+        if not chunk.name.startswith("crystal-Cu-fcc"):
+            chunk.unlink()
+    result = make_reference(emt_settings(copy))
+    assert result.counts["reused"] == 1 and result.counts["computed"] == 8
+    assert result.counts["crystals_ok"] == 3
+    assert products(copy) == before
+
+
+def test_failures_are_recorded_not_fatal(tmp_path: Path) -> None:
+    settings = BenchReferenceSettings(
+        labeler="emt", elements=["Cu", "Li"], output=tmp_path / "run", progress=False, max_steps=20
+    )
+    result = make_reference(settings)
+    c = result.counts
+    assert (c["crystals_ok"], c["crystals_failed"]) == (1, 1)
+    assert c["supercells_ok"] == 1 and c["supercells_skipped"] == 1
+    assert c["atoms_ok"] == 1 and c["atoms_failed"] == 1
+    rs = read_reference_set(tmp_path / "run")
+    assert [s.id for s in rs.structures] == ["Cu-fcc", "Cu-fcc/sc0"]
+    assert set(rs.atom_energies) == {"Cu"}
+    import yaml
+
+    summary = yaml.safe_load(result.summary_path.read_text())
+    failed = {f["id"]: f for f in summary["failures"]}
+    assert failed["Li-bcc"]["kind"] == "unsupported" and "Li" in failed["Li-bcc"]["error"]
+    assert summary["counts"]["crystals"] == 2 and "total" in summary["timings_s"]
+
+
+def test_structures_input_static_and_binaries(tmp_path: Path) -> None:
+    from ase.io import write
+
+    frames = [bulk("Cu", "fcc", a=3.7), bulk("Ni", "fcc", a=3.5)]
+    frames[0].info["bench_id"] = "cu-strained"
+    path = tmp_path / "in.extxyz"
+    write(path, frames, format="extxyz")
+    settings = BenchReferenceSettings(
+        labeler="emt",
+        structures=str(path),
+        relax=False,
+        supercells_per_crystal=0,
+        isolated_atoms=False,
+        output=tmp_path / "run",
+        progress=False,
+    )
+    result = make_reference(settings)
+    assert result.counts["crystals_ok"] == 2 and result.counts["supercells"] == 0
+    rs = read_reference_set(tmp_path / "run")
+    assert [s.id for s in rs.structures] == ["cu-strained", "in-1"]
+    assert rs.atom_energies is None
+    np.testing.assert_allclose(rs.structures[0].atoms.cell[:], frames[0].cell[:], atol=1e-12)  # not relaxed
+
+    made = dict(binary_crystals(["Cu", "Al"], ["B2", "L1_2"]))
+    assert set(made) == {"CuAl-B2", "Cu3Al-L1_2", "Al3Cu-L1_2"}
+    assert made["Cu3Al-L1_2"].get_chemical_formula() == "AlCu3"
+
+
+def test_labeler_calculator_matches_the_labeler(tmp_path: Path) -> None:
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = LabelerCalculator(EMTLabeler(), tmp_path / "work")
+    direct = atoms.copy()
+    direct.calc = EMT()
+    assert atoms.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), direct.get_forces(), atol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(), direct.get_stress(), atol=1e-12)
+    assert atoms.calc.n_calls == 1
+    assert not any((tmp_path / "work").glob("call-*"))  # successful work folders are removed
+
+
+def test_settings_checks(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown element"):
+        BenchReferenceSettings(elements=["Cu", "Xx"])
+    with pytest.raises(AloeError, match="supercell_min_atoms"):
+        make_reference(
+            BenchReferenceSettings(
+                labeler="emt",
+                supercell_min_atoms=40,
+                supercell_max_atoms=32,
+                output=tmp_path / "r",
+                progress=False,
+            )
+        )
+
+
+@pytest.mark.slow
+def test_gpaw_tiny_lithium(tmp_path: Path) -> None:
+    pytest.importorskip("gpaw")
+    settings = BenchReferenceSettings(
+        labeler="gpaw",
+        elements=["Li"],
+        gpaw={"ecut": 200.0, "kspacing": 1.0, "xc": "PBE", "spinpol": False, "pbe_first": False},
+        max_steps=3,
+        fmax=0.1,
+        supercell_min_atoms=2,
+        supercell_max_atoms=4,
+        output=tmp_path / "run",
+        progress=False,
+    )
+    result = make_reference(settings)
+    assert result.counts["crystals_ok"] == 1 and result.counts["supercells_ok"] == 1
+    assert result.counts["atoms_ok"] == 1
+    rs = read_reference_set(tmp_path / "run")
+    assert rs.functional == "PBE" and set(rs.atom_energies) == {"Li"}
+    crystals, supercells = split_roles(rs)
+    assert len(crystals) == 1 and 2 <= len(supercells[0].atoms) <= 4
