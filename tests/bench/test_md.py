@@ -18,6 +18,7 @@ from ase.build import bulk
 from aloe.bench.base import BenchStructure
 from aloe.bench.md import (
     BatchedMD,
+    MDRun,
     MDSettings,
     MDStability,
     frame_problems,
@@ -234,12 +235,19 @@ def test_langevin_matches_ase_with_the_same_random_numbers() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("thermostat", ["nose-hoover", "langevin"])
-@pytest.mark.parametrize("model", ["emt", "lj"])
-@pytest.mark.parametrize("ensemble", ["nvt", "npt"])
+@pytest.mark.parametrize(
+    ("model", "ensemble", "thermostat"),
+    [
+        ("emt", "nvt", "nose-hoover"),
+        ("emt", "npt", "nose-hoover"),
+        ("lj", "nvt", "nose-hoover"),
+        ("lj", "npt", "nose-hoover"),
+        ("emt", "nvt", "langevin"),
+        ("lj", "nvt", "langevin"),
+    ],
+)
 def test_matches_ase_over_hundreds_of_steps(model: str, ensemble: str, thermostat: str) -> None:
-    if thermostat == "langevin" and ensemble == "npt":
-        pytest.skip("NPT always runs the Nose-Hoover barostat equations")
+    """300 steps (0.6 ps, heating 300 -> 3000 K); NPT always runs the Nose-Hoover barostat equations."""
     structures = _emt_structures() if model == "emt" else _lj_structures()
     settings = _settings(300, thermostat=thermostat, pressure_end_gpa=20.0 if model == "emt" else 5.0)
     _compare_with_ase(load_potential(model), structures, ensemble, settings)
@@ -405,6 +413,15 @@ def test_failing_systems_leave_the_batch_and_the_others_go_on() -> None:
         on_steps=steps.append,
     )
     assert sum(steps) == 4 * 12
+
+
+@pytest.mark.parametrize("thermostat", ["nose-hoover", "langevin"])
+def test_a_model_failing_at_the_start(thermostat: str) -> None:
+    settings = _settings(10, ensembles=["nvt"], thermostat=thermostat)
+    start = md_start(bulk("Cu", "fcc", a=3.6, cubic=True), settings, "bad")
+    run = run_batched(_Flaky(after=0), [start], "nvt", settings, seeds=[0], ids=["bad"])[0]
+    assert (run.stop_reason, run.steps_completed, run.steps_scheduled) == ("error: boom", 0, 10)
+    assert MDRun(steps_scheduled=10, timestep_fs=2.0).columns("npt")["npt_volume_ratio"] is None
 
 
 def test_auto_backend_batches_only_batched_models() -> None:

@@ -92,7 +92,10 @@ class MDSettings(AloeSettings):
     )
     seed: int = Field(0, description="Seed of the start velocities (and Langevin noise), mixed with the id.")
     max_energy_change_per_atom: float = Field(
-        100.0, gt=0, description="A frame is valid while |E - E_first| / N stays at or below this (eV/atom)."
+        100.0,
+        gt=0,
+        description="A frame is valid while |E - E_first| / N of the model's potential energy stays at or below "
+        "this (eV/atom).",
     )
     max_kinetic_per_atom: float = Field(
         100.0,
@@ -124,7 +127,7 @@ class MDSettings(AloeSettings):
 def structure_seed(seed: int, structure_id: str) -> int:
     """The seed of one structure's run: a hash of ``seed`` and the id (the same in any batch, any order)."""
     digest = hashlib.sha256(f"{int(seed)}:{structure_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: fits a signed 64-bit table column
 
 
 def upper_triangular_cell(cell: np.ndarray) -> np.ndarray:
@@ -281,7 +284,6 @@ class MDRun:
     wall_s: float = 0.0
     final_temperature: float = math.nan
     volume_ratio: float = math.nan
-    _running: bool = True
 
     def columns(self, ensemble: str) -> dict[str, Any]:
         """The row columns of this run (``{ensemble}_...``)."""
@@ -369,8 +371,8 @@ class BatchedMD:
     ttime_fs
         Nose-Hoover thermostat time (fs).
     pfactor
-        Barostat constant ``ptime^2 * B`` in ASE units (eV fs^2-scaled, as ASE ``NPT``), or ``None``: no barostat
-        (NVT). Nose-Hoover only.
+        Barostat constant ``ptime^2 * B`` in ASE units (ASE time squared times eV/A^3, as ASE ``NPT``'s
+        ``pfactor``), or ``None``: no barostat (NVT). Nose-Hoover only.
     pressure_gpa
         Shape ``(m,)`` or a number: initial target pressure (GPa) when there is a barostat.
     friction_per_ps
@@ -465,7 +467,7 @@ class BatchedMD:
             self._atom_fields += ["positions", "lg_v", "lg_rnd_vel", "lg_c3", "lg_c4", "lg_c5"]
         self.set_targets(temperature_K, pressure_gpa)
         self._evaluate()
-        if thermostat == "nose-hoover":
+        if thermostat == "nose-hoover" and len(self):
             self._initialize()
 
     # ---- layout -------------------------------------------------------------------------------------------
@@ -813,7 +815,7 @@ def run_batched(
 
     def leave(system: int, reason: str | None, step: int) -> None:
         run = runs[system]
-        run.stop_reason, run._running = reason, False
+        run.stop_reason = reason
         run.wall_s = time.perf_counter() - t0
         if on_steps is not None and run.steps_scheduled > step:
             on_steps(int(run.steps_scheduled - step))
