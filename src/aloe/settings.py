@@ -20,7 +20,19 @@ from aloe.errors import AloeError
 M = TypeVar("M", bound="AloeSettings")
 
 #: Verb names whose sections a combined config file may hold.
-VERBS = ("prototypes", "generate", "screen", "select", "label", "train", "run", "bench", "data", "executor")
+VERBS = (
+    "prototypes",
+    "generate",
+    "screen",
+    "select",
+    "label",
+    "train",
+    "run",
+    "bench",
+    "bench-reference",
+    "data",
+    "executor",
+)
 
 
 class AloeSettings(BaseModel):

@@ -122,13 +122,15 @@ class Timings(dict):
 class StageSpec:
     """A registered stage: its verb, settings model and function (``module:name``, imported on first use).
 
-    ``loop_inputs`` are the settings the loop fills in (stand-ins are used to validate a config section).
+    ``loop_inputs`` are the settings the loop fills in (stand-ins are used to validate a config section);
+    ``in_iteration`` is false for a stage the loop runs beside the iteration's pipeline (bench, when configured).
     """
 
     name: str
     settings: str
     function: str
     loop_inputs: dict[str, Any] = field(default_factory=dict)
+    in_iteration: bool = True
 
     def settings_model(self) -> type[StageSettings]:
         """The settings class."""
@@ -144,7 +146,7 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-#: Every stage of an iteration, in pipeline order.
+#: Every stage, in pipeline order (the stages of an iteration, then the optional bench of every committee).
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
@@ -160,6 +162,13 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec("label", "aloe.label.settings:LabelSettings", "aloe.label.stage:label", {"input": "."}),
         StageSpec("train", "aloe.train.settings:TrainSettings", "aloe.train.stage:train", {"inputs": ["."]}),
+        StageSpec(
+            "bench",
+            "aloe.bench.settings:BenchSettings",
+            "aloe.bench.stage:bench",
+            {"potentials": ["placeholder"]},
+            in_iteration=False,
+        ),
     )
 }
 

@@ -44,6 +44,13 @@ class EquilibriumSettings(AloeSettings):
         0.05, gt=0.0, description="relaxation converged below this force (eV/A; FrechetCellFilter)"
     )
     max_steps: int = Field(500, ge=1, description="most FIRE steps of one relaxation")
+    max_volume_change: float = Field(
+        4.0,
+        gt=1.0,
+        description="a relaxation whose cell volume leaves [1/x, x] of the start is stopped and recorded as failed "
+        "(a potential that collapses a cell would otherwise build ever larger neighbour lists until memory runs "
+        "out)",
+    )
     atom_energies: Literal["matpes-r2scan", "matpes-pbe"] = Field(
         "matpes-r2scan",
         description="isolated-atom energies used when the reference set brings none (MatPES energy_atomic values)",
@@ -157,10 +164,13 @@ def relax(atoms: Atoms, calculator: Any, fmax: float, max_steps: int) -> tuple[A
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
+    from aloe.devices import one_blas_thread
+
     work = atoms.copy()
     work.calc = calculator
     optimizer = FIRE(FrechetCellFilter(work), logfile=None)
-    converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+    with one_blas_thread():  # the filter's 3x3 matrix functions crawl with busy BLAS threads
+        converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
     energy = float(work.get_potential_energy())
     steps = int(optimizer.nsteps)
     work.calc = None
@@ -230,9 +240,21 @@ class Equilibrium(Benchmark):
         atom_energies = self.energies_of_atoms()
         symbols = structure.atoms.get_chemical_symbols()
         n = structure.n_atoms
-        relaxed, energy, converged, steps = relax(
-            self.start(structure), calculator_for(self.potential), self.settings.fmax, self.settings.max_steps
-        )
+        from aloe.potentials.calculator import GuardedCalculator
+
+        start = self.start(structure)
+        v_start = abs(float(start.cell.volume))
+        limit = self.settings.max_volume_change
+
+        def check(atoms: Atoms) -> None:
+            ratio = abs(float(atoms.cell.volume)) / v_start
+            if not 1.0 / limit <= ratio <= limit:
+                raise RuntimeError(
+                    f"relaxation stopped: the cell volume went to {ratio:.3g}x of the start (limit {limit:g}x)"
+                )
+
+        guarded = GuardedCalculator(calculator_for(self.potential), check)
+        relaxed, energy, converged, steps = relax(start, guarded, self.settings.fmax, self.settings.max_steps)
         e_coh_ref = cohesive_energy_per_atom(float(structure.energy), symbols, atom_energies)
         e_coh_pred = cohesive_energy_per_atom(energy, symbols, atom_energies)
         distance: float | None = None

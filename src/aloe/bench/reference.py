@@ -35,7 +35,6 @@ caller's executor is accepted for the common stage signature and not used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -43,7 +42,6 @@ import re
 import shutil
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -51,6 +49,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from pydantic import Field, field_validator
 
+from aloe.devices import one_blas_thread
 from aloe.errors import AloeError
 from aloe.label.settings import EMTSettings, GPAWSettings, VASPSettings
 from aloe.stagekit import StageResult, StageSettings, Timings
@@ -222,20 +221,6 @@ class LabelerCalculator(Calculator):
         }
 
 
-@contextlib.contextmanager
-def _single_blas_thread() -> Iterator[None]:
-    """One BLAS thread for the filter's 3 x 3 matrix functions (a labeler sets its own threads inside).
-
-    The cell filter's ``expm`` / ``logm`` solve 3 x 3 systems; with every core's BLAS thread spinning on a busy
-    machine each took 15 ms instead of microseconds (the relaxation of one EMT crystal: 3 s instead of 0.2 s).
-    """
-    import scipy.linalg  # noqa: F401  (loaded first, so its BLAS is limited too)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
-
-
 def relax_with_labeler(
     atoms: Atoms, labeler: Labeler, workdir: Path, fmax: float = 0.05, max_steps: int = 100
 ) -> tuple[Atoms, dict[str, Any]]:
@@ -255,7 +240,7 @@ def relax_with_labeler(
         from ase.optimize import FIRE
 
         opt = FIRE(FrechetCellFilter(work), logfile=None)
-        with _single_blas_thread():
+        with one_blas_thread():
             converged = bool(opt.run(fmax=fmax, steps=max_steps))
         steps = int(opt.nsteps)
     info = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from aloe import __version__
+from aloe.cli import bench as bench_cli
 from aloe.cli import data as data_cli
 from aloe.cli import generate as generate_cli
 from aloe.cli import label as label_cli
@@ -29,6 +30,7 @@ app.command("select", help=select_cli.HELP)(select_cli.select_command)
 app.command("label", help=label_cli.HELP)(label_cli.label_command)
 app.command("train", help=train_cli.HELP)(train_cli.train_command)
 app.command("run", help=run_cli.HELP)(run_cli.run_command)
+app.add_typer(bench_cli.app, name="bench", help=bench_cli.HELP)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,9 @@ Run folder layout::
     report.md, report.html, summary.yaml  the whole run
 
 Iteration ``i``: generate (seed ``run.seed + i``) -> screen with the current committee -> select -> label -> train a
-committee on every record so far (seed dataset included). The committee of iteration 0 is ``run.committee`` (the
+committee on every record so far (seed dataset included). With a ``bench`` section, ``iter-XX/bench`` benchmarks
+committee ``XX`` (the one iteration ``XX`` screens with; the last one, trained in the final iteration, gets the folder
+of the iteration after it), and ``bench_iterations.md/.csv/.png`` show every metric across committees. The committee of iteration 0 is ``run.committee`` (the
 offline CHGNet trio by default) or, with ``run.train_first``, one trained on the seed dataset; iteration ``i + 1``
 uses iteration ``i``'s. A stage that finished is not run again; a stage that was killed is run again on its own folder
 and resumes there, so a killed loop ends with the same dataset as one that was never killed.
@@ -118,13 +120,13 @@ class LoopRun:
         """Validate every stage section before anything runs (a typo must not surface after an hour of DFT)."""
         validate_stage_sections(self.config)
 
-    def run_stage(self, it: int, stage: str, settings: Any) -> dict[str, Any]:
+    def run_stage(self, it: int, stage: str, settings: Any, tag: str | None = None) -> dict[str, Any]:
         """Run (or resume) one stage unless it finished before; returns its recorded outcome."""
         from aloe.logs import echo, format_seconds
         from aloe.loop.report import stage_headline
         from aloe.progress import progress_prefix
 
-        tag = f"[iter {it + 1}/{self.settings.iterations}]"
+        tag = tag or f"[iter {it + 1}/{self.settings.iterations}]"
         info = self.done(it, stage)
         if info is not None:
             echo(f"{tag} {stage}: finished in an earlier run ({stage_headline(stage, info['counts'])})")
@@ -207,6 +209,16 @@ class LoopRun:
     def _inputs_train(self, it: int) -> dict[str, Any]:
         return {"inputs": self.dataset(it), "seed": self.settings.seed + it}
 
+    def _inputs_bench(self, it: int) -> dict[str, Any]:
+        return {"potentials": self.committee_for(it)}
+
+    def bench_committee(self, k: int) -> dict[str, Any] | None:
+        """Benchmark committee ``k`` (0: the first one; ``k``: trained in iteration ``k - 1``) in ``iter-k/bench``."""
+        if self.config.bench is None:
+            return None
+        tag = f"[committee {k}]"
+        return self.run_stage(k, "bench", self.settings_for("bench", k), tag=tag)
+
     def settings_for(self, stage: str, it: int) -> Any:
         """The settings of ``stage`` in iteration ``it``: its config section plus what the loop fills in."""
         settings = self._stage_settings(stage, it, **getattr(self, f"_inputs_{stage}")(it))
@@ -261,8 +273,12 @@ class LoopRun:
         if s.train_first:
             self._train_seed_committee()
         iterations: list[dict[str, Any]] = []
+        benches: dict[int, dict[str, Any]] = {}
         for it in range(s.iterations):
             record: dict[str, Any] = {"iteration": it}
+            bench = self.bench_committee(it)
+            if bench is not None:
+                record["bench"] = benches[it] = bench
             halt = None
             for stage in STAGES:
                 record[stage] = self.run_stage(it, stage, self.settings_for(stage, it))
@@ -280,6 +296,12 @@ class LoopRun:
             if rate < s.min_selection_rate:
                 stopped = f"iteration {it}: selection rate {rate:.2%} < {s.min_selection_rate:.2%}"
                 break
+        if iterations and "train" in iterations[-1]:
+            last = iterations[-1]["iteration"] + 1
+            bench = self.bench_committee(last)
+            if bench is not None:
+                benches[last] = bench
+        bench_report = self._bench_report(benches)
         summary = {
             "verb": "run",
             "run_folder": str(self.path),
@@ -290,6 +312,12 @@ class LoopRun:
             "final_committee": self._final_committee(iterations),
             "versions": package_versions(),
         }
+        if benches:
+            summary["bench"] = {
+                f"committee {k}": {"folder": info["folder"], "summary": info["summary"]}
+                for k, info in benches.items()
+            }
+            summary["bench_report"] = {k: str(v) for k, v in bench_report.items()}
         summary_path = self.path / "summary.yaml"
         write_yaml_atomic(summary_path, _plain(summary))
         report = None
@@ -298,6 +326,18 @@ class LoopRun:
 
             report = write_run_report(self, iterations, summary, html=s.report == "markdown+html")
         return LoopResult(self.path, iterations, stopped, summary_path, report)
+
+    def _bench_report(self, benches: dict[int, dict[str, Any]]) -> dict[str, Path]:
+        """``bench_iterations.md/.csv/.png``: the metrics of every benchmarked committee, committee by committee."""
+        if not benches:
+            return {}
+        from aloe.bench.report import write_iteration_report
+
+        per_committee: dict[int, dict[str, Any]] = {}
+        for k, info in sorted(benches.items()):
+            summary = yaml.safe_load((self.path / info["summary"]).read_text()) or {}
+            per_committee[k] = summary.get("metrics") or {}
+        return write_iteration_report(per_committee, self.path)
 
     def _final_committee(self, iterations: list[dict[str, Any]]) -> list[str]:
         for record in reversed(iterations):
@@ -355,8 +395,10 @@ def validate_stage_sections(config: RunConfig, source: str | None = None) -> Non
         ``<file>: section '<stage>': key '<key>': <problem>`` for the first section that does not validate.
     """
     where = f"{source}: section" if source else "config section"
-    for stage in STAGES:
+    for stage in (*STAGES, "bench"):
         section = getattr(config, stage)
+        if section is None:  # an optional stage that is not configured
+            continue
         for key in ("executor", "scheduler"):
             if key in section:
                 raise AloeError(

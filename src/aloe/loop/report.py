@@ -126,9 +126,27 @@ def write_run_report(
     lines.append("")
     if summary.get("final_committee"):
         lines += ["Final committee:", "", *[f"- `{m}`" for m in summary["final_committee"]], ""]
+    lines += _bench_lines(loop, summary)
     for r in iterations:
         lines += iteration_lines(loop, r["iteration"], r, "")
     return _write(loop.path / "report.md", lines, html)
+
+
+def _bench_lines(loop: LoopRun, summary: dict[str, Any]) -> list[str]:
+    """The benchmarks of every committee (``bench_iterations.md`` and its figure), when the run has a bench section."""
+    paths = summary.get("bench_report") or {}
+    table = Path(paths["md"]) if paths.get("md") else None
+    if table is None or not table.exists():
+        return []
+    lines = ["## Benchmarks of every committee", ""]
+    lines.append("Committee 0 is the first one; committee k was trained in iteration k - 1.")
+    lines += ["", *table.read_text().strip().splitlines(), ""]
+    figure = Path(paths["png"]) if paths.get("png") else None
+    if figure is not None and figure.exists():
+        lines += [f"![benchmarks across committees]({figure.relative_to(loop.path).as_posix()})", ""]
+    for name, info in (summary.get("bench") or {}).items():
+        lines.append(f"- {name}: `{info['folder']}` (report: `{info['folder']}/report.html`)")
+    return [*lines, ""]
 
 
 def _write(path: Path, lines: list[str], html: bool) -> Path:

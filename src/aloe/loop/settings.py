@@ -11,8 +11,8 @@ from aloe.executors import ExecutorSettings
 from aloe.settings import AloeSettings
 from aloe.stagekit import STAGES as _STAGE_TABLE
 
-#: Stages of one iteration, in order (the registered stages of the stage kit).
-STAGES = tuple(_STAGE_TABLE)
+#: Stages of one iteration, in order (the registered stages of the stage kit that run in every iteration).
+STAGES = tuple(name for name, spec in _STAGE_TABLE.items() if spec.in_iteration)
 
 
 class LoopSettings(AloeSettings):
@@ -62,3 +62,8 @@ class RunConfig(AloeSettings):
     select: dict[str, Any] = Field(default_factory=dict, description="SelectSettings of every iteration.")
     label: dict[str, Any] = Field(default_factory=dict, description="LabelSettings of every iteration.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainSettings of every iteration.")
+    bench: dict[str, Any] | None = Field(
+        None,
+        description="BenchSettings without 'potentials': when given, every committee is benchmarked (iteration "
+        "0's, then each one trained), and the run report shows each metric across iterations.",
+    )

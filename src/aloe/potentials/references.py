@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from aloe.devices import one_blas_thread
 from aloe.elements import RADIUS_MULTIPLIERS, RADIUS_OVERRIDES, symbol_to_z
 from aloe.errors import AloeError, InputFileError
 from aloe.settings import AloeSettings
@@ -319,7 +320,7 @@ def compute_reference(
     calc = calculator if calculator is not None else calculator_for(potential)
     start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    with _one_blas_thread():
+    with one_blas_thread():
         for name, (atoms, relax_cell) in candidate_structures(element, settings).items():
             results[name] = _relax_candidate(atoms, calc, relax_cell, settings)
         isolated = (
@@ -499,24 +500,6 @@ def _relax_candidate(
     else:
         out["energy_per_atom"] = energy
     return out
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """NumPy/SciPy BLAS on one thread while the block runs (torch's own threads are left alone).
-
-    ``FrechetCellFilter`` computes matrix exponentials and logarithms of 3x3 matrices at every step; OpenBLAS
-    threads competing with the model's made those 10x slower than the model call on a busy 2-core machine.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a dependency
-        yield
-        return
-    import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS now: a limit covers only loaded libraries)
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _isolated_atom_energy(element: str, calc: Calculator, settings: ReferenceSettings) -> float | None:
