@@ -140,9 +140,19 @@ def _label_outcomes(run: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _bench_outcomes(run: Path) -> dict[str, tuple[str, str]]:
+    """Every row of every benchmark table: ``ok`` or ``failed`` with the row's error."""
+    out: dict[str, tuple[str, str]] = {}
+    for path in sorted((run / "tables").glob("*.parquet")):
+        for row in pq.read_table(path, columns=["structure_id", "error"]).to_pylist():
+            out[row["structure_id"]] = ("failed", row["error"]) if row["error"] else ("ok", "")
+    return out
+
+
 RECORD_READERS: dict[str, Callable[[Path], dict[str, tuple[str, str]]]] = {
     "screen": _screen_outcomes,
     "label": _label_outcomes,
+    "bench": _bench_outcomes,
 }
 
 
@@ -436,6 +446,48 @@ CASES: list[Case] = [
         subprocess=True,
     ),
     # -- output folders: only a stage's own run folders, one process at a time --
+    # -- aloe bench: a structure a benchmark cannot treat is a row; bad arguments are one line --
+    Case(
+        "bench-zero-volume-cell",
+        lambda s: ["bench", "emt", "--suite", "ev", "--ev-structures", zero_volume_xyz(s), "-o", "out"],
+        Recorded(
+            "bench",
+            "out",
+            {
+                "flat-0": ("ok", ""),
+                "flat-1": (
+                    "failed",
+                    r"cannot build EV points: ValueError: degenerate cell \(volume 0 A\^3\)",
+                ),
+                "flat-2": ("ok", ""),
+            },
+        ),
+    ),
+    Case(
+        "bench-unknown-benchmark",
+        lambda s: ["bench", "emt", "--suite", "ev,phonons", "-o", "out"],
+        Refused(r"suite.*phonons|phonons.*suite", absent=("out",)),
+    ),
+    Case(
+        "bench-forces-without-references",
+        lambda s: ["bench", "emt", "--suite", "forces", "-o", "out"],
+        Refused(r"forces benchmark needs reference structures", absent=("out",)),
+    ),
+    Case(
+        "bench-missing-structures-file",
+        lambda s: ["bench", "emt", "--suite", "ev", "--ev-structures", "nowhere.extxyz", "-o", "out"],
+        Refused(r"nowhere\.extxyz: no such file", absent=("out",)),
+    ),
+    Case(
+        "bench-unknown-potential",
+        lambda s: ["bench", "emt", "chgnet-9.9", "--suite", "ev", "-o", "out"],
+        Refused(r"unknown potential 'chgnet-9\.9'", absent=("out",)),
+    ),
+    Case(
+        "bench-reference-unknown-labeler",
+        lambda s: ["bench", "reference", "--labeler", "turbomole", "-o", "out"],
+        Refused(r"labeler", absent=("out",)),
+    ),
     Case(
         "generate-into-a-foreign-folder",
         lambda s: [*generate_args(s), "-o", foreign_folder(s)],
@@ -476,6 +528,11 @@ CASES: list[Case] = [
         lambda s: run_loop(s, {}, foreign_folder(s)),
         foreign("run", "mine/config.yaml"),
         subprocess=True,
+    ),
+    Case(
+        "bench-into-a-foreign-folder",
+        lambda s: ["bench", "emt", "--suite", "ev", "-o", foreign_folder(s), "--no-progress"],
+        foreign("bench", "mine/run.yaml", "mine/structures"),
     ),
     Case(
         "generate-in-a-locked-folder",

@@ -43,8 +43,27 @@ def loop_config(proto_dir, out, iterations=1, **sections) -> dict:
         "train": {"preset": "tiny", "committee_size": 2, "epochs": 2},
     }
     for key, value in sections.items():
-        config[key].update(value)
+        config[key] = {**(config.get(key) or {}), **value}
     return config
+
+
+def bench_section(tmp_path) -> dict:
+    """A small bench of every committee: EV scans of three EMT metals and a short MD of small mixtures."""
+    from ase.build import bulk
+    from ase.io import write
+
+    path = tmp_path / "ev.extxyz"
+    write(
+        path,
+        [bulk("Cu", "fcc", a=3.6), bulk("Al", "fcc", a=4.05), bulk("Ni", "fcc", a=3.52)],
+        format="extxyz",
+    )
+    return {
+        "suite": ["ev", "md"],
+        "ev_structures": str(path),
+        "md": {"duration_ps": 0.02, "ensembles": ["nvt"]},
+        "mixtures": {"n_structures": 2, "n_atoms": 8, "n_elements": 2, "elements": ["Cu", "Al", "Ni"]},
+    }
 
 
 def dataset_ids(run_dir) -> list[str]:
@@ -64,6 +83,14 @@ def test_bad_configs_are_one_line_errors(tmp_path, proto_dir):
         run_loop(config)
     config = RunConfig.model_validate(loop_config(proto_dir, tmp_path / "r2", run={"train_first": True}))
     with pytest.raises(AloeError, match="seed_dataset"):
+        run_loop(config)
+    config = RunConfig.model_validate(
+        loop_config(proto_dir, tmp_path / "r3", bench={"suite": ["ev"], "nonsense": 1})
+    )
+    with pytest.raises(AloeError, match=r"config section 'bench'.*nonsense"):
+        run_loop(config)
+    config = RunConfig.model_validate(loop_config(proto_dir, tmp_path / "r4", bench={"suite": ["forces"]}))
+    with pytest.raises(AloeError, match=r"config section 'bench'.*reference structures"):
         run_loop(config)
 
 
@@ -92,7 +119,9 @@ def test_a_loop_whose_labels_all_fail_stops_before_training(tmp_path, proto_dir)
 
 @pytest.mark.slow
 def test_two_iterations_end_to_end_with_emt_and_tiny_mace(tmp_path, proto_dir):
-    config = RunConfig.model_validate(loop_config(proto_dir, tmp_path / "run", iterations=2))
+    config = RunConfig.model_validate(
+        loop_config(proto_dir, tmp_path / "run", iterations=2, bench=bench_section(tmp_path))
+    )
     result = run_loop(config)
     assert result.stopped == "finished 2 iterations"
     run = tmp_path / "run"
@@ -111,6 +140,15 @@ def test_two_iterations_end_to_end_with_emt_and_tiny_mace(tmp_path, proto_dir):
     assert len(summary["final_committee"]) == 2
     report = (run / "report.md").read_text()
     assert "Iteration 1" in report and "selection rate" in report
+    # every committee is benchmarked: the LJ trio (0), and the MACE pairs trained in iterations 0 and 1
+    for k, members in ((0, 3), (1, 2), (2, 2)):
+        bench = yaml.safe_load((run / f"iter-{k:02d}" / "bench" / "summary.yaml").read_text())
+        assert len(bench["potentials"]) == members
+        assert set(bench["metrics"]["ev"]) == set(bench["potentials"])
+    assert set(summary["bench"]) == {"committee 0", "committee 1", "committee 2"}
+    table = (run / "bench_iterations.csv").read_text().splitlines()
+    assert len(table) == 1 + 3 + 2 + 2  # header, then one row per committee member
+    assert "Benchmarks of every committee" in report
     # running again on the finished folder does nothing new
     again = run_loop(config)
     assert dataset_ids(run) == dataset_ids(again.run_dir)

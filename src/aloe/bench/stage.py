@@ -300,6 +300,9 @@ def bench(
             if len(set(ids)) != len(ids):
                 duplicate = next(i for i in ids if ids.count(i) > 1)
                 raise AloeError(f"{b} structures: id {duplicate!r} occurs more than once")
+    with timings("load"):
+        for spec in settings.potentials:  # an unknown name or a missing file is one line before anything is written
+            _potential(spec, settings)
     energies, energies_source = (None, "")
     if "equilibrium" in settings.suite:
         energies, energies_source = atom_energies_for(settings.atom_energies, reference)
