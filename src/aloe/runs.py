@@ -87,6 +87,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def plain_data(value: Any) -> Any:
+    """``value`` in plain YAML/JSON types (lists, Python numbers, strings; non-finite floats become ``None``)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_data(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_yaml_atomic(path: str | Path, data: Any) -> None:
     """Write YAML through :func:`atomic_path`."""
     with atomic_path(path) as tmp:

@@ -31,7 +31,7 @@ from aloe.devices import wants_gpu
 from aloe.errors import AloeError, InputFileError
 from aloe.executors import Executor, stage_executor
 from aloe.progress import make_bar
-from aloe.runs import TMP_SUFFIX, atomic_path, open_stage_run
+from aloe.runs import TMP_SUFFIX, atomic_path, open_stage_run, plain_data
 from aloe.stagekit import StageResult, Timings
 
 STRUCTURES_DIR = "structures"
@@ -301,7 +301,9 @@ def bench(
                 duplicate = next(i for i in ids if ids.count(i) > 1)
                 raise AloeError(f"{b} structures: id {duplicate!r} occurs more than once")
     with timings("load"):
-        for spec in settings.potentials:  # an unknown name or a missing file is one line before anything is written
+        for (
+            spec
+        ) in settings.potentials:  # an unknown name or a missing file is one line before anything is written
             _potential(spec, settings)
     energies, energies_source = (None, "")
     if "equilibrium" in settings.suite:
@@ -392,7 +394,7 @@ def bench(
             "atom_energies": energies_source or None,
             "reference_set": reference.name if reference is not None else None,
             "reference_functional": reference.functional if reference is not None else None,
-            "metrics": _plain(metrics),
+            "metrics": plain_data(metrics),
         },
         command=command,
     )
@@ -421,22 +423,6 @@ def collect_rows(
                     rows.append(row)
         out[b] = rows
     return out
-
-
-def _plain(value: Any) -> Any:
-    import math
-
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 __all__ = [

@@ -32,7 +32,7 @@ from aloe import layout
 from aloe.errors import AloeError
 from aloe.executors import Executor, open_executor
 from aloe.loop.settings import STAGES, LoopSettings, RunConfig
-from aloe.runs import claim_folder, default_run_dir, package_versions, write_yaml_atomic
+from aloe.runs import claim_folder, default_run_dir, package_versions, plain_data, write_yaml_atomic
 from aloe.settings import format_validation_error
 from aloe.stagekit import stage_spec
 
@@ -141,7 +141,7 @@ class LoopRun:
             "folder": str(self.stage_dir(it, stage).relative_to(self.path)),
             "summary": str(Path(result.summary_path).relative_to(self.path)),
             "seconds": round(time.perf_counter() - t0, 2),
-            "counts": _plain(result.counts),
+            "counts": plain_data(result.counts),
         }
         self._mark(it, stage, info)
         echo(
@@ -319,7 +319,7 @@ class LoopRun:
             }
             summary["bench_report"] = {k: str(v) for k, v in bench_report.items()}
         summary_path = self.path / "summary.yaml"
-        write_yaml_atomic(summary_path, _plain(summary))
+        write_yaml_atomic(summary_path, plain_data(summary))
         report = None
         if s.report != "none":
             from aloe.loop.report import write_run_report
@@ -420,21 +420,6 @@ def _iteration_summary(record: dict[str, Any]) -> dict[str, Any]:
         if stage in record:
             out[stage] = {"seconds": record[stage]["seconds"], "counts": record[stage]["counts"]}
     return out
-
-
-def _plain(value: Any) -> Any:
-    """Counts as plain YAML types (tuples, numpy numbers and paths become lists, floats and strings)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 __all__ = ["LoopResult", "LoopRun", "load_run_config", "run_loop"]
