@@ -208,3 +208,23 @@ def test_unknown_structures_are_one_line_errors(tmp_path):
             )
         )
     assert not out.exists()
+
+
+def test_each_side_of_a_cohesive_energy_can_have_its_own_isolated_atoms(tmp_path, emt_reference):
+    # The potential's atoms 1 eV higher than the reference's: its cohesive energies are 1 eV/atom lower.
+    _, atoms = emt_reference
+    shifted = {k: v + 1.0 for k, v in json.loads(atoms.read_text()).items()}
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps(shifted))
+    settings = _settings(tmp_path, emt_reference, potentials=["emt"], suite=["equilibrium"])
+    same = bench(settings.model_copy(update={"output": tmp_path / "same"})).products["metrics"]["equilibrium"]
+    other = bench(
+        settings.model_copy(update={"output": tmp_path / "own", "potential_atom_energies": {"emt": str(own)}})
+    ).products["metrics"]["equilibrium"]
+    assert other["emt"]["e_coh_mean_error"] == pytest.approx(same["emt"]["e_coh_mean_error"] - 1.0, abs=1e-9)
+    with pytest.raises(AloeError, match=r"nowhere\.json"):
+        bench(
+            settings.model_copy(
+                update={"output": tmp_path / "bad", "potential_atom_energies": "nowhere.json"}
+            )
+        )

@@ -182,7 +182,10 @@ class Equilibrium(Benchmark):
     """Relax each perturbed reference structure; cohesive-energy error and fingerprint distance.
 
     Isolated-atom energies: the reference set's (``atom_energies``), else the shipped MatPES ones named by
-    ``settings.atom_energies``. An element without one gives a failure row naming it. A relaxation that does not
+    ``settings.atom_energies``. The potential's cohesive energy uses the same ones, unless
+    ``potential_atom_energies`` gives a table on the potential's own energy scale (a VASP-trained model against a
+    GPAW reference: GPAW's energies have another zero than VASP's, so each side needs its own isolated atoms). An
+    element without one gives a failure row naming it. A relaxation that does not
     converge within ``max_steps`` still gives a row (``converged`` False). When a fingerprint cannot be computed
     (matminer raised) the row keeps its energies and ``fingerprint_distance`` is ``None``.
     """
@@ -192,7 +195,8 @@ class Equilibrium(Benchmark):
     needs: ClassVar[str] = "energy"
     COLUMNS: ClassVar[dict[str, str]] = {
         "e_coh_ref": "reference cohesive energy (E_ref - sum of isolated-atom energies) / N (eV/atom)",
-        "e_coh_pred": "cohesive energy of the relaxed structure with the same isolated-atom energies (eV/atom)",
+        "e_coh_pred": "cohesive energy of the relaxed structure: the same isolated-atom energies, or the "
+        "potential's own (potential_atom_energies) (eV/atom)",
         "e_coh_error": "e_coh_pred - e_coh_ref (eV/atom)",
         "energy_ref": "reference total energy per atom (eV/atom)",
         "energy_pred": "predicted total energy per atom of the relaxed structure (eV/atom)",
@@ -206,6 +210,20 @@ class Equilibrium(Benchmark):
 
     settings: EquilibriumSettings
 
+    def __init__(
+        self,
+        potential: Any,
+        settings: AloeSettings | None = None,
+        *,
+        atom_energies: Mapping[str, float] | None = None,
+        potential_atom_energies: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(potential, settings, atom_energies=atom_energies)
+        #: Isolated-atom energies on the potential's energy scale (``None``: the reference's).
+        self.potential_atom_energies = (
+            dict(potential_atom_energies) if potential_atom_energies is not None else None
+        )
+
     def energies_of_atoms(self) -> dict[str, float]:
         """The isolated-atom energies in use (eV per element symbol)."""
         if self.atom_energies is not None:
@@ -217,11 +235,15 @@ class Equilibrium(Benchmark):
         problem = super().usable(structure)
         if problem is not None:
             return problem
-        known = self.energies_of_atoms()
-        missing = sorted(set(structure.atoms.get_chemical_symbols()) - set(known))
+        symbols = set(structure.atoms.get_chemical_symbols())
+        missing = sorted(symbols - set(self.energies_of_atoms()))
         if missing:
             which = "the reference's" if self.atom_energies is not None else self.settings.atom_energies
             return f"no isolated-atom energy for {', '.join(missing)} ({which} atom energies)"
+        if self.potential_atom_energies is not None:
+            missing = sorted(symbols - set(self.potential_atom_energies))
+            if missing:
+                return f"no isolated-atom energy for {', '.join(missing)} (the potential's atom energies)"
         return None
 
     def start(self, structure: BenchStructure) -> Atoms:
@@ -256,7 +278,7 @@ class Equilibrium(Benchmark):
         guarded = GuardedCalculator(calculator_for(self.potential), check)
         relaxed, energy, converged, steps = relax(start, guarded, self.settings.fmax, self.settings.max_steps)
         e_coh_ref = cohesive_energy_per_atom(float(structure.energy), symbols, atom_energies)
-        e_coh_pred = cohesive_energy_per_atom(energy, symbols, atom_energies)
+        e_coh_pred = cohesive_energy_per_atom(energy, symbols, self.potential_atom_energies or atom_energies)
         distance: float | None = None
         if self.settings.compute_fingerprint:
             try:

@@ -66,6 +66,13 @@ class BenchSettings(StageSettings):
         "computed by its labeler; MatPES r2SCAN when it has none), 'matpes-r2scan', 'matpes-pbe', or a JSON "
         "file {symbol: eV}.",
     )
+    potential_atom_energies: str | dict[str, str] = Field(
+        "same",
+        description="Isolated-atom energies on each potential's own energy scale, for its cohesive energies: "
+        "'same' (the reference's: a potential trained on the reference's data), 'matpes-r2scan', 'matpes-pbe', a "
+        "JSON file, or a mapping potential -> one of those (a VASP-trained model against a GPAW reference needs "
+        "its own: GPAW's energies have another zero).",
+    )
     equilibrium: EquilibriumSettings = Field(
         default_factory=EquilibriumSettings, description="Equilibrium benchmark (paper Fig. 3)."
     )

@@ -145,6 +145,18 @@ def atom_energies_for(choice: str, reference: ReferenceSet | None) -> tuple[dict
     return {str(k): float(v) for k, v in data.items()}, str(path)
 
 
+def potential_atom_energies_for(spec: str, settings: BenchSettings) -> dict[str, float] | None:
+    """The isolated-atom energies of ``spec``'s own energy scale, or ``None`` for the reference's ('same')."""
+    choice = settings.potential_atom_energies
+    if isinstance(choice, dict):
+        choice = choice.get(spec, choice.get(potential_label(spec), "same"))
+    if choice == "same":
+        return None
+    if choice == "reference":
+        raise AloeError("potential_atom_energies: use 'same' for the reference's isolated-atom energies")
+    return atom_energies_for(choice, None)[0]
+
+
 def _read_set(spec: str, settings: BenchSettings) -> ReferenceSet:
     from aloe.bench.structures import read_reference_set
 
@@ -243,8 +255,14 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
     cls = benchmark_class(bench)
     failed = 0
     try:
+        if bench == "md":  # MD shows its steps (a batch of systems can run for hours)
+            extra: dict[str, Any] = {"progress": settings.progress}
+        elif bench == "equilibrium":
+            extra = {"potential_atom_energies": potential_atom_energies_for(spec, settings)}
+        else:
+            extra = {}
         benchmark = cls(
-            _potential(spec, settings), getattr(settings, bench), atom_energies=task["atom_energies"]
+            _potential(spec, settings), getattr(settings, bench), atom_energies=task["atom_energies"], **extra
         )
     except Exception as exc:  # a potential that cannot load fails its rows, not the suite
         from aloe.bench.base import failure_row, one_line
@@ -308,6 +326,8 @@ def bench(
     energies, energies_source = (None, "")
     if "equilibrium" in settings.suite:
         energies, energies_source = atom_energies_for(settings.atom_energies, reference)
+        for spec in settings.potentials:  # a bad table is one line now, not a failed row per structure
+            potential_atom_energies_for(spec, settings)
     run, settings = open_stage_run(
         settings.model_copy(update={"output": output}),
         "bench",
