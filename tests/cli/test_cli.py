@@ -17,7 +17,19 @@ def test_help_lists_only_built_verbs():
 
     commands = set(typer.main.get_command(app).commands)
     # verbs not built yet are absent, not stubs
-    assert commands == {"data", "generate", "label", "prototypes", "run", "screen", "select", "train"}
+    assert commands == {
+        "bench",
+        "data",
+        "generate",
+        "label",
+        "prototypes",
+        "run",
+        "screen",
+        "select",
+        "train",
+    }
+    bench = runner.invoke(app, ["bench", "--help"])
+    assert bench.exit_code == 0 and "reference" in bench.output and "run" in bench.output
 
 
 def test_count_prints_exact_sizes(proto_dir):
