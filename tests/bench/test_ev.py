@@ -219,13 +219,15 @@ def test_batched_scan_equals_one_ase_emt_calculation_per_point_and_calls_predict
     structures = [BenchStructure(f"s{i}", a) for i, a in enumerate(cells)]
     bench = EVScan("emt", EVSettings(batch_structures=3))
     calls: list[int] = []
-    predict = bench.potential.predict
+    predict_energies = bench.potential.predict_energies
 
     def spy(batch, shared=None):
         calls.append(len(batch))
-        return predict(batch, shared)
+        return predict_energies(batch, shared)
 
-    bench.potential.predict = spy  # type: ignore[method-assign]
+    # The scan needs energies only: it must use the energy-only path (no forces/stress work), once per chunk.
+    bench.potential.predict_energies = spy  # type: ignore[method-assign]
+    bench.potential.predict = None  # type: ignore[assignment,method-assign]
     seen: list[int] = []
     rows = bench.calc_many(structures, done=lambda i, row: seen.append(i))
     assert calls == [3 * 21, 1 * 21]  # all points of a chunk's structures in one call

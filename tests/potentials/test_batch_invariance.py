@@ -7,6 +7,7 @@ no angles: chgnet-0.2.0 used to give them up to 0.16 eV/atom more or less in a b
 bonds but no angles, isolated atoms in a big box, 1-atom cells, 32- and 64-atom cells and heavy elements. Each
 structure predicted in the batch is compared with the same structure predicted alone, and the alone value with the
 model's own package per-structure path (``CHGNetCalculator``, mace's ``MACECalculator``), within float32 round-off.
+The energy-only path (``predict_energies``, no backward pass) must give the same energies, in the batch and alone.
 """
 
 from __future__ import annotations
@@ -121,6 +122,21 @@ def test_batch_equals_alone(potential, mixed_batch, alone):
         np.testing.assert_allclose(together.stress[r], one.stress[0], rtol=0, atol=STRESS, err_msg=where)
     # strained and rattled: the comparison is not between zeros
     assert np.abs(together.forces).max() > 0.05 and np.abs(together.stress).max() > 1e-3
+
+
+def test_energy_only_path_equals_predict(potential, mixed_batch, alone):
+    # predict_energies skips forces and stress (no backward pass); its energies are predict's, in a batch and alone.
+    assert type(potential)._predict_energy_batch is not Potential._predict_energy_batch  # its own fast path
+    together = potential.predict_energies(mixed_batch)
+    assert together.errors == [None] * len(mixed_batch)
+    assert np.isnan(together.forces).all() and np.isnan(together.stress).all()
+    for r, one in enumerate(alone):
+        n = mixed_batch.n_atoms[r]
+        where = f"{potential.name}, row {r} ({mixed_batch.to_atoms(r).get_chemical_formula()})"
+        single = potential.predict_energies(mixed_batch.take([r]))
+        assert single.errors == [None], where
+        assert abs(single.energy[0] - one.energy[0]) / n <= ENERGY_PER_ATOM, where
+        assert abs(together.energy[r] - one.energy[0]) / n <= ENERGY_PER_ATOM, where
 
 
 def test_batch_order_does_not_matter(potential, mixed_batch, alone):

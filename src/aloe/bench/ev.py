@@ -14,7 +14,9 @@ by volume and the middle point (index ``len // 2``) as reference:
   differences, below the middle; +1 for a convex branch) and tension-energy (the middle point and above; +1).
 
 The scan is batched: :meth:`EVScan.calc_many` puts every point of many structures into one
-:class:`~aloe.structures.StructureBatch` and calls the potential once per chunk of structures.
+:class:`~aloe.structures.StructureBatch` and calls the potential once per chunk of structures, through
+:meth:`~aloe.potentials.base.Potential.predict_energies`: the scan needs energies only, so a model skips its
+forces and stress (for CHGNet the backward pass).
 """
 
 from __future__ import annotations
@@ -298,7 +300,9 @@ class EVScan(Benchmark):
         if problem is not None:
             raise ValueError(problem)
         points = self.points(structure)
-        pred = self.potential.predict(StructureBatch.from_atoms(points, ids=[structure.id] * len(points)))
+        pred = self.potential.predict_energies(
+            StructureBatch.from_atoms(points, ids=[structure.id] * len(points))
+        )
         return self.row(structure, pred.energy, pred.errors)
 
     def calc_many(
@@ -341,7 +345,7 @@ class EVScan(Benchmark):
                 atoms_list.extend(points)
                 ids.extend([f"{structure.id}#ev{k}" for k in range(len(points))])
             if members:
-                pred = self.potential.predict(StructureBatch.from_atoms(atoms_list, ids=ids))
+                pred = self.potential.predict_energies(StructureBatch.from_atoms(atoms_list, ids=ids))
             elapsed = time.perf_counter() - t0 - sum(build_time.values())
             weights = np.array([structures[i].n_atoms for i in members], dtype=float)
             shares = elapsed * weights / weights.sum() if members else []

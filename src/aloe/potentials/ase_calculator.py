@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aloe.errors import AloeError
-from aloe.potentials.base import Potential
+from aloe.potentials.base import Potential, Predictions
 
 if TYPE_CHECKING:
     from ase import Atoms
     from ase.calculators.calculator import Calculator
+
+    from aloe.structures import StructureBatch
 
 
 class ASECalculatorPotential(Potential):
@@ -126,6 +128,25 @@ class ASECalculatorPotential(Potential):
         finally:
             atoms.calc = None  # do not keep the calculator's results alive through the Atoms
         return energy, forces, stress
+
+    def _energy_one(self, atoms: Atoms) -> float:
+        """Energy (eV) of one structure, asking the calculator for the energy only (no forces, no stress)."""
+        if type(self)._predict_one is not ASECalculatorPotential._predict_one:
+            # A subclass that changes _predict_one (a wrapper, a fault injector) keeps its behaviour for energies.
+            return float(self._predict_one(atoms)[0])
+        atoms.calc = self._calculator()
+        try:
+            return float(atoms.get_potential_energy())
+        finally:
+            atoms.calc = None
+
+    def _predict_energy_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
+        # One structure at a time like _predict_batch's default, energy only; forces and stress stay NaN.
+        out = Predictions.empty(batch)
+        for row in range(len(batch)):
+            out.energy[row] = self._energy_one(batch.to_atoms(row))
+            out.errors[row] = None
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         # A factory rebuilds the calculator in the worker; an instance has to travel as it is.

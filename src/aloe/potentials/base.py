@@ -8,6 +8,10 @@ A :class:`Potential` implements :meth:`Potential._predict_batch` (many structure
 with the robustness every stage relies on: a batch that raises (an exception, out of memory) is retried one
 structure at a time, and a structure whose model raises or returns NaN/inf is reported as failed with the reason,
 never stopping the batch.
+
+:meth:`Potential.predict_energies` is the same with energies only (energy-volume scans, screening by energy): it calls
+:meth:`Potential._predict_energy_batch`, which a model overrides to skip the force/stress work (for CHGNet and MACE
+the backward pass); the default calls :meth:`Potential._predict_batch`, so every potential supports it.
 """
 
 from __future__ import annotations
@@ -109,6 +113,13 @@ class Potential:
         """Energy (eV), forces ``(n, 3)``, Voigt stress ``(6,)`` of one structure (override for per-structure models)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither _predict_batch nor _predict_one")
 
+    def _predict_energy_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
+        """Energies of a whole batch (override to skip forces and stress). Default: :meth:`_predict_batch`.
+
+        Only ``energy`` and ``errors`` of the result are used; forces and stress may be anything.
+        """
+        return self._predict_batch(batch, shared)
+
     def calculator(self) -> Calculator:
         """An ASE calculator of the same model (for relaxations)."""
         raise NotImplementedError(f"{self.name} offers no ASE calculator")
@@ -129,55 +140,98 @@ class Potential:
             A scratch dict shared by the members of a committee for the same batch (e.g. neighbour graphs that
             several models can reuse).
         """
+        return self._predict_robustly(batch, shared, self._predict_batch, energy_only=False)
+
+    def predict_energies(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> Predictions:
+        """Energies of every structure in ``batch`` (no forces, no stress), with the robustness of :meth:`predict`.
+
+        Parameters
+        ----------
+        batch
+            The structures.
+        shared
+            As in :meth:`predict` (the same scratch serves both).
+
+        Returns
+        -------
+        Predictions
+            ``energy`` shape ``(m,)`` as :meth:`predict` gives it; ``forces`` ``(n_atoms_total, 3)`` and ``stress``
+            ``(m, 6)`` all NaN (not computed, not an error); ``errors`` names failed structures and non-finite
+            energies only.
+        """
+        return self._predict_robustly(batch, shared, self._predict_energy_batch, energy_only=True)
+
+    def _predict_robustly(
+        self,
+        batch: StructureBatch,
+        shared: dict[str, Any] | None,
+        hook: Callable[[StructureBatch, dict[str, Any]], Predictions],
+        *,
+        energy_only: bool,
+    ) -> Predictions:
+        """The loop of :meth:`predict` and :meth:`predict_energies`: ``hook`` per chunk, one by one if it raises."""
         shared = {} if shared is None else shared
         out = Predictions.empty(batch)
         for rows, sub in batch.chunks(max(1, self.batch_size)):
             # Members with the same batch size cut the batch the same way, so they share per-sub-batch scratch.
             scratch = shared.setdefault(("rows", int(rows[0]), len(rows)), {})
             try:
-                part = self._predict_batch(sub, scratch)
+                part = hook(sub, scratch)
             except Exception as exc:  # one bad structure must not stop the batch: isolate it
                 if len(sub) == 1:
                     part = Predictions.empty(sub)
                     part.errors[0] = f"{self.name} raised {type(exc).__name__}: {_one_line(exc)}"
                 else:
-                    part = self._one_by_one(sub)
-            self._merge(out, part, rows, batch, sub)
-        self._flag_non_finite(out, batch)
+                    part = self._one_by_one(sub, hook, energy_only)
+            self._merge(out, part, rows, batch, sub, energy_only)
+        self._flag_non_finite(out, batch, energy_only)
         return out
 
-    def _one_by_one(self, batch: StructureBatch) -> Predictions:
+    def _one_by_one(
+        self,
+        batch: StructureBatch,
+        hook: Callable[[StructureBatch, dict[str, Any]], Predictions],
+        energy_only: bool,
+    ) -> Predictions:
         out = Predictions.empty(batch)
         for rows, single in batch.chunks(1):
             try:
-                part = self._predict_batch(single, {})
+                part = hook(single, {})
             except Exception as exc:
                 part = Predictions.empty(single)
                 part.errors[0] = f"{self.name} raised {type(exc).__name__}: {_one_line(exc)}"
-            self._merge(out, part, rows, batch, single)
+            self._merge(out, part, rows, batch, single, energy_only)
         return out
 
     @staticmethod
     def _merge(
-        out: Predictions, part: Predictions, rows: np.ndarray, batch: StructureBatch, sub: StructureBatch
-    ):
+        out: Predictions,
+        part: Predictions,
+        rows: np.ndarray,
+        batch: StructureBatch,
+        sub: StructureBatch,
+        energy_only: bool = False,
+    ) -> None:
         out.energy[rows] = part.energy
-        out.stress[rows] = part.stress
+        if not energy_only:  # energy-only results keep NaN forces/stress, whatever the hook computed
+            out.stress[rows] = part.stress
         for k, r in enumerate(rows.tolist()):
-            out.forces[batch.atom_slice(r)] = part.forces[sub.atom_slice(k)]
+            if not energy_only:
+                out.forces[batch.atom_slice(r)] = part.forces[sub.atom_slice(k)]
             out.errors[r] = part.errors[k] if part.errors else None
 
-    def _flag_non_finite(self, out: Predictions, batch: StructureBatch) -> None:
+    def _flag_non_finite(self, out: Predictions, batch: StructureBatch, energy_only: bool = False) -> None:
         for r in range(len(batch)):
             if out.errors[r] is not None:
                 continue
             bad = []
             if not np.isfinite(out.energy[r]):
                 bad.append("energy")
-            if not np.isfinite(out.forces[batch.atom_slice(r)]).all():
-                bad.append("forces")
-            if not np.isfinite(out.stress[r]).all():
-                bad.append("stress")
+            if not energy_only:
+                if not np.isfinite(out.forces[batch.atom_slice(r)]).all():
+                    bad.append("forces")
+                if not np.isfinite(out.stress[r]).all():
+                    bad.append("stress")
             if bad:
                 out.errors[r] = f"{self.name} returned non-finite {', '.join(bad)}"
 

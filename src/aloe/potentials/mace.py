@@ -4,7 +4,8 @@ The batched path builds its input with mace-torch's own data utilities, exactly 
 structure (``data.config_from_atoms`` -> ``data.AtomicData.from_config`` -> ``torch_geometric.Batch``), and calls
 ``model(batch, compute_stress=True, training=False)`` once per sub-batch; the results equal ``MACECalculator`` per
 structure (tested). MACE's stress output is ``dE/d(strain) / V`` in eV/A^3, ASE's sign; like the calculator we
-symmetrise it into Voigt order.
+symmetrise it into Voigt order. Energies alone (:meth:`MACEPotential.predict_energies`) call the same model with
+``compute_force=False, compute_stress=False`` under ``torch.no_grad()``: the forward pass only.
 
 The per-structure graphs (``AtomicData``) depend only on the cutoff, the element table, the heads and the dtype, so
 the members of a committee of MACE models trained with the same settings build them once per sub-batch.
@@ -160,6 +161,11 @@ class MACEPotential(Potential):
         _ = self.model
         return super().predict(batch, shared)
 
+    def predict_energies(self, batch: StructureBatch, shared: dict[str, Any] | None = None) -> Predictions:
+        """As :meth:`Potential.predict_energies`; a model file that cannot be loaded raises."""
+        _ = self.model
+        return super().predict_energies(batch, shared)
+
     def identity(self) -> str:
         """``mace:<stem>:<sha256 prefix of the file>``."""
         return f"{self.name}:{file_digest(str(self.path))}"
@@ -211,9 +217,41 @@ class MACEPotential(Potential):
         with torch_tools.default_dtype(self.dtype):
             return shared_inputs(batch, shared, self.data_settings(), build)
 
-    def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
+    def _model_input(self, items: list[Any], rows: list[int]) -> dict[str, Any]:
+        """The model's input dict of ``items[rows]`` (one ``torch_geometric`` batch on the device, model dtype)."""
         import torch
         from mace.tools import torch_geometric
+
+        # from_data_list concatenates into new tensors, so members sharing the AtomicData never share a batch.
+        data = torch_geometric.Batch.from_data_list([items[r] for r in rows]).to(self._device)
+        model_dtype = next(self.model.parameters()).dtype
+        for key in data.keys:
+            value = data[key]
+            if torch.is_tensor(value) and torch.is_floating_point(value):
+                data[key] = value.to(dtype=model_dtype)
+        return data.to_dict()
+
+    def _predict_energy_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
+        # Forward pass only: no force/stress gradients, so no autograd graph either.
+        import torch
+
+        out = Predictions.empty(batch)
+        items = self.atomic_data(batch, shared)
+        rows = usable_rows(items, out.errors, f"{self.name}: ")
+        if not rows:
+            return out
+        with torch.no_grad():
+            result = self.model(
+                self._model_input(items, rows), compute_force=False, compute_stress=False, training=False
+            )
+        energy = result["energy"].detach().double().cpu().numpy()
+        for j, r in enumerate(rows):
+            out.energy[r] = energy[j]
+            out.errors[r] = None
+        return out
+
+    def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
+        import torch
 
         model = self.model
         out = Predictions.empty(batch)
@@ -221,15 +259,9 @@ class MACEPotential(Potential):
         rows = usable_rows(items, out.errors, f"{self.name}: ")
         if not rows:
             return out
-        # from_data_list concatenates into new tensors, so members sharing the AtomicData never share a batch.
-        data = torch_geometric.Batch.from_data_list([items[r] for r in rows]).to(self._device)
-        model_dtype = next(model.parameters()).dtype
-        for key in data.keys:
-            value = data[key]
-            if torch.is_tensor(value) and torch.is_floating_point(value):
-                data[key] = value.to(dtype=model_dtype)
+        data = self._model_input(items, rows)
         with torch.enable_grad():  # forces and stress are gradients, also when the caller runs under no_grad
-            result = model(data.to_dict(), compute_stress=True, training=False)
+            result = model(data, compute_stress=True, training=False)
         energy = result["energy"].detach().double().cpu().numpy()
         forces = result["forces"].detach().double().cpu().numpy()
         stress = voigt_from_tensor(_symmetrize(result["stress"].detach().double().cpu().numpy()))
