@@ -49,6 +49,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_select.py
+	$(BIN)/python benchmarks/bench_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
