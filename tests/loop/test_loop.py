@@ -207,3 +207,13 @@ def test_cli_run_reports_where_the_report_is(tmp_path, proto_dir):
     changed = CliRunner().invoke(app, ["run", str(path), "--set", "generate.sample=41"])
     assert changed.exit_code == 2
     assert "another config" in changed.output
+
+
+def test_bench_headline_counts_rows_and_failures():
+    from aloe.loop.report import stage_headline
+
+    counts = {
+        "ev": {"structures": 12, "rows": 36, "failed": 0},
+        "md": {"structures": 2, "rows": 6, "failed": 1},
+    }
+    assert stage_headline("bench", {**counts, "resumed_rows": 0}) == "ev, md: 42 rows, 1 failed"

@@ -85,6 +85,11 @@ def stage_headline(stage: str, c: dict[str, Any]) -> str:
         return f"{c.get('selected', 0)} of {c.get('clustered', 0)} kept, {c.get('clusters', 0)} clusters"
     if stage == "label":
         return f"{c.get('labelled', 0)} labelled ({c.get('records', 0)} records), {c.get('failed', 0)} failed"
+    if stage == "bench":
+        tables = {k: v for k, v in c.items() if isinstance(v, dict) and "rows" in v}
+        rows = sum(int(v["rows"]) for v in tables.values())
+        failed = sum(int(v["failed"]) for v in tables.values())
+        return f"{', '.join(tables)}: {rows} rows, {failed} failed"
     members = c.get("members", c.get("committee_size", "?"))
     return f"{members} models on {c.get('structures', c.get('train_structures', '?'))} structures"
 
