@@ -317,3 +317,13 @@ def test_mixture_settings_checks() -> None:
         "builtin:mixtures", mixtures=MixtureSettings(n_structures=1, n_atoms=10, n_elements=2)
     )
     assert len(rs.structures) == 1 and len(rs.structures[0].atoms) == 10
+
+
+def test_builtin_elements_of_chosen_symbols():
+    from aloe.bench.structures import read_reference_set
+    from aloe.errors import AloeError
+
+    chosen = read_reference_set("builtin:elements:Li,Na, Mg").structures
+    assert [s.id for s in chosen] == ["Li-bcc", "Na-bcc", "Mg-hcp"]
+    with pytest.raises(AloeError, match="Xx"):
+        read_reference_set("builtin:elements:Li,Xx")

@@ -25,7 +25,7 @@ Files and folders
         Its records (``records/chunk-*.jsonl``), with the isolated-atom energies of ``isolated_atoms.yaml``.
 
 Built-in sets (no download)
-    ``builtin:elements``
+    ``builtin:elements`` (``builtin:elements:Li,Na,Mg`` for some of them)
         One elemental crystal per element whose ASE reference state (``ase.data.reference_states``) is fcc, bcc,
         hcp, diamond or sc, at ASE's reference lattice constants, primitive cells (noble gases and the elements
         MP-ALOE leaves out are skipped): about 60 structures, ids ``Cu-fcc``.
@@ -416,6 +416,9 @@ def read_reference_set(spec: str | Path, *, mixtures: MixtureSettings | None = N
     text = str(spec)
     if text == "builtin:elements":
         return ReferenceSet(elemental_crystals(), name=text)
+    if text.startswith("builtin:elements:"):  # builtin:elements:Li,Na,Mg -- the crystals of these elements
+        symbols = [t for t in text.split(":", 2)[2].replace(",", " ").split() if t]
+        return ReferenceSet(elemental_crystals(symbols), name=text)
     if text == "builtin:pymatgen":
         return ReferenceSet(pymatgen_structures(), name=text)
     if text == "builtin:mixtures":
