@@ -17,6 +17,7 @@ never stops the suite.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -27,6 +28,7 @@ from typing import Any
 
 from aloe.bench.base import COMMON_COLUMNS, Benchmark, BenchStructure, ReferenceSet
 from aloe.bench.settings import BENCHMARK_NAMES, BenchSettings
+from aloe.data.formats import json_default
 from aloe.devices import wants_gpu
 from aloe.errors import AloeError, InputFileError
 from aloe.executors import Executor, stage_executor
@@ -73,11 +75,19 @@ def potential_label(spec: str) -> str:
 def potential_key(spec: str) -> str:
     """The checkpoint folder of a potential: its label plus a hash of the spec and, for files, their bytes."""
     path = Path(spec)
-    identity = spec
     if path.is_file():
-        from aloe.potentials.base import file_digest
+        stat = path.stat()
+        return _file_potential_key(spec, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
 
-        identity = f"{path.resolve()}:{file_digest(str(path))}"
+
+@functools.lru_cache(maxsize=64)
+def _file_potential_key(spec: str, resolved: str, mtime_ns: int, size: int) -> str:
+    # Hashed once per file version, not once per checkpoint (a MACE file is tens of MB; a run asks for its key
+    # three times per structure and benchmark).
+    from aloe.potentials.base import file_digest
+
+    identity = f"{resolved}:{file_digest(resolved)}"
     return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(identity.encode()).hexdigest()[:8]
 
 
@@ -86,23 +96,11 @@ def checkpoint_path(run_dir: Path, bench: str, spec: str, structure_id: str) -> 
     return Path(run_dir) / "chunks" / bench / potential_key(spec) / f"{_slug(structure_id)}.json"
 
 
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write a {type(value).__name__} to a checkpoint")
-
-
 def write_checkpoint(path: Path, row: Mapping[str, Any]) -> None:
     """Write one row atomically (a killed run never leaves half a checkpoint)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(row, default=_json_default))
+        tmp.write_text(json.dumps(row, default=json_default))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -78,7 +78,7 @@ try:  # orjson (a dependency of pymatgen and mace-torch) parses and writes JSON 
 
     def _dumps(doc: Any) -> bytes:
         return orjson.dumps(
-            doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=_json_default
+            doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS, default=json_default
         )
 
     def _dump_floats(values: np.ndarray) -> bytes:
@@ -92,7 +92,7 @@ except ImportError:  # pragma: no cover - orjson is installed with pymatgen
         return json.loads(data)
 
     def _dumps(doc: Any) -> bytes:
-        return json.dumps(doc, separators=(",", ":"), default=_json_default, allow_nan=False).encode()
+        return json.dumps(doc, separators=(",", ":"), default=json_default, allow_nan=False).encode()
 
     _dump_floats = _repr_floats
 
@@ -111,7 +111,8 @@ _PLAIN_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:+/@]*\Z")
 _BOOL_WORDS = frozenset({"T", "F", "true", "false", "True", "False", "TRUE", "FALSE"})
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy numbers and arrays and paths."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -292,16 +292,22 @@ class CHGNetPotential(Potential):
             lambda row: converter(batch.to_structure(row), graph_id=batch.ids[row]),
         )
 
+    def _usable_graphs(
+        self, batch: StructureBatch, shared: dict[str, Any], out: Predictions
+    ) -> tuple[list[int], list[Any]]:
+        """Rows whose graph was built and those graphs on the model's device; the others' reasons go to ``out``."""
+        graphs = self.graphs(batch, shared)
+        rows = usable_rows(graphs, out.errors, self.GRAPH_ERROR_PREFIX.format(name=self.name))
+        return rows, self.on_device([graphs[r] for r in rows]) if rows else []
+
     def _predict_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
         import torch
 
         model = self.model
         out = Predictions.empty(batch)
-        graphs = self.graphs(batch, shared)
-        rows = usable_rows(graphs, out.errors, self.GRAPH_ERROR_PREFIX.format(name=self.name))
+        rows, gs = self._usable_graphs(batch, shared, out)
         if not rows:
             return out
-        gs = self.on_device([graphs[r] for r in rows])
         with torch.enable_grad():
             # Strains in the graph, but CHGNet's own force/stress autograd off: one grad below does both.
             parts = self.compute(gs, strains=True, compute_force=False, compute_stress=False)
@@ -345,11 +351,9 @@ class CHGNetPotential(Potential):
         import torch
 
         out = Predictions.empty(batch)
-        graphs = self.graphs(batch, shared)
-        rows = usable_rows(graphs, out.errors, self.GRAPH_ERROR_PREFIX.format(name=self.name))
+        rows, gs = self._usable_graphs(batch, shared, out)
         if not rows:
             return out
-        gs = self.on_device([graphs[r] for r in rows])
         with torch.no_grad():
             parts = self.compute(gs, strains=False, compute_force=False, compute_stress=False)
             total_np = self._total_energy(parts, gs, _group_order_back(parts)).cpu().numpy()
