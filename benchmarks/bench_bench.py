@@ -96,10 +96,11 @@ def md_structures(n: int, atoms: int):
 
 
 def bench_md(potential, calculator, structures, steps: int) -> dict:
-    from aloe.bench.md import MDSettings, MDStability
     from ase.md.npt import NPT
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.units import fs
+
+    from aloe.bench.md import MDSettings, MDStability
 
     settings = MDSettings(
         ensembles=["nvt"], duration_ps=steps * 2.0e-3, timestep_fs=2.0, batch_systems=len(structures)
