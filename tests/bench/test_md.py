@@ -32,6 +32,7 @@ from aloe.bench.md import (
     survival_curve,
     upper_triangular_cell,
 )
+from aloe.potentials.ase_calculator import EMTPotential
 from aloe.potentials.base import Potential, Predictions
 from aloe.potentials.registry import load_potential
 
@@ -122,31 +123,14 @@ class _Free(Potential):
         return out
 
 
-class _FreshEMT(Potential):
-    """EMT with a new calculator for every structure: no history.
-
-    ASE's EMT keeps its neighbour list between calls, and a reused list gives forces that differ in the last bits
-    (1e-14 eV/A) from a fresh one; aloe's EMT wrapper shares one calculator among all structures, so its numbers
-    depend on which structure it saw before. This stand-in has no such memory, so a bit-for-bit comparison tests
-    the integrator alone.
-    """
-
-    name = "fresh-emt"
-
-    def _predict_one(self, atoms):
-        from ase.calculators.emt import EMT
-
-        atoms = atoms.copy()
-        atoms.calc = EMT()
-        return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-
-
-class _Flaky(_FreshEMT):
-    """Fresh EMT through a batched path, failing for structure ``bad`` and giving NaN for ``nan`` after some calls."""
+class _Flaky(EMTPotential):
+    """EMT through a batched path, failing for structure ``bad`` and giving NaN for ``nan`` after some calls."""
 
     name = "flaky-emt"
 
     def __init__(self, after: int = 5) -> None:
+        super().__init__()
+        self.name = "flaky-emt"
         self.after = after
         self.calls: dict[str, int] = {}
 
@@ -256,7 +240,7 @@ def test_matches_ase_over_hundreds_of_steps(model: str, ensemble: str, thermosta
 @pytest.mark.parametrize("ensemble", ["nvt", "npt"])
 def test_a_system_alone_and_in_a_batch_run_identically(ensemble: str) -> None:
     """Bit for bit: nothing a system computes depends on the other systems of its batch."""
-    potential = _FreshEMT()
+    potential = EMTPotential()
     settings = _settings(20, pressure_end_gpa=20.0)
     structures = _emt_structures()
     starts = [md_start(a, settings, sid) for sid, a in structures]
@@ -393,7 +377,7 @@ def test_failing_systems_leave_the_batch_and_the_others_go_on() -> None:
     # the calls before the failure are frame 0 (start) and steps 1..4; the failing call is step 5
     for sid in ("good", "good2"):
         assert by_id[sid]["nvt_completed_share"] == 1.0 and by_id[sid]["error"] is None
-        alone = MDStability(_FreshEMT(), settings).calc(next(s for s in structures if s.id == sid))
+        alone = MDStability(EMTPotential(), settings).calc(next(s for s in structures if s.id == sid))
         assert (
             by_id[sid]["nvt_final_temperature"] == alone["nvt_final_temperature"]
         )  # exactly: batch-independent

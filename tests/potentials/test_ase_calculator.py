@@ -40,6 +40,27 @@ def test_emt_equals_ase(emt_batch):
     assert np.abs(pred.forces).max() > 1e-2 and np.abs(pred.stress).max() > 1e-4
 
 
+@pytest.mark.parametrize("make", [EMTPotential, LennardJonesPotential])
+def test_a_result_does_not_depend_on_the_structure_before(make) -> None:
+    """Bit for bit: ASE's EMT and LJ update a kept neighbour list, whose skin changes the last bits of the forces."""
+    from ase.build import bulk
+
+    first = bulk("Cu", "fcc", a=3.6) * (3, 3, 3)
+    first.rattle(0.05, seed=1)
+    potential = make()
+    for seed in range(2, 12):
+        second = first.copy()
+        second.rattle(0.1, seed=seed)  # within the list's skin: ASE would update, not rebuild
+        batch = StructureBatch.from_atoms([second])
+        potential.predict(StructureBatch.from_atoms([first]))
+        after_first = potential.predict(batch)
+        alone = make().predict(batch)
+        np.testing.assert_array_equal(after_first.forces, alone.forces)
+        np.testing.assert_array_equal(after_first.stress, alone.stress)
+        assert after_first.energy[0] == alone.energy[0]
+        assert potential.predict_energies(batch).energy[0] == alone.energy[0]
+
+
 def test_lennard_jones_equals_ase(chgnet_batch):
     pot = LennardJonesPotential(sigma=2.3, epsilon=0.02, rc=5.5)
     assert pot.name == "lj(sigma=2.3,epsilon=0.02,rc=5.5)"

@@ -103,6 +103,17 @@ class ASECalculatorPotential(Potential):
             self._calc = self._new_calculator()
         return self._calc
 
+    def _fresh_state(self) -> Calculator:
+        """The shared calculator, reset so that it answers as if it had never seen another structure.
+
+        ``reset()`` forgets the last atoms, so the next call sees every property as changed: EMT and Lennard-Jones
+        then build a new neighbour list instead of updating the previous structure's (whose skin gives forces that
+        differ in the last bits). A structure's result thus never depends on which one came before it.
+        """
+        calc = self._calculator()
+        calc.reset()
+        return calc
+
     def calculator(self) -> Calculator:
         """A fresh calculator from the factory (the wrapped instance itself when built from an instance)."""
         if self._factory is None:
@@ -113,7 +124,7 @@ class ASECalculatorPotential(Potential):
     def _predict_one(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
         from ase.calculators.calculator import PropertyNotImplementedError
 
-        calc = self._calculator()
+        calc = self._fresh_state()
         atoms.calc = calc
         energy = float(atoms.get_potential_energy())
         forces = np.asarray(atoms.get_forces(), dtype=float)
@@ -134,7 +145,7 @@ class ASECalculatorPotential(Potential):
         if type(self)._predict_one is not ASECalculatorPotential._predict_one:
             # A subclass that changes _predict_one (a wrapper, a fault injector) keeps its behaviour for energies.
             return float(self._predict_one(atoms)[0])
-        atoms.calc = self._calculator()
+        atoms.calc = self._fresh_state()
         try:
             return float(atoms.get_potential_energy())
         finally:
