@@ -217,3 +217,22 @@ def test_gpaw_tiny_lithium(tmp_path: Path) -> None:
     assert rs.functional == "PBE" and set(rs.atom_energies) == {"Li"}
     crystals, supercells = split_roles(rs)
     assert len(crystals) == 1 and 2 <= len(supercells[0].atoms) <= 4
+
+
+def test_a_process_pool_writes_the_same_bytes_as_one_process(emt_run, tmp_path: Path) -> None:
+    """Tasks finish in any order on two worker processes; the products follow the inputs' order all the same."""
+    from aloe.executors import ProcessExecutor
+
+    folder, _ = emt_run
+    with ProcessExecutor(2) as executor:
+        result = make_reference(emt_settings(tmp_path / "pool"), executor=executor)
+    assert result.counts["computed"] == 9 and result.counts["reused"] == 0
+    assert products(tmp_path / "pool") == products(folder)
+    checkpoints = sorted(p.name for p in (tmp_path / "pool" / "chunks").glob("*.json"))
+    assert checkpoints == sorted(p.name for p in (folder / "chunks").glob("*.json"))
+    # The run options open a pool when no executor is given.
+    result = make_reference(emt_settings(tmp_path / "options", executor="process", workers=2))
+    assert products(tmp_path / "options") == products(folder)
+    import yaml
+
+    assert "process" in yaml.safe_load(result.summary_path.read_text())["executor"].lower()

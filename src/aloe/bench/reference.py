@@ -29,8 +29,9 @@ same bytes as an uninterrupted one. :func:`aloe.bench.structures.read_reference_
 frames' ids are the crystals' ids, ``<id>/sc<k>`` for supercells).
 
 A structure whose relaxation or labelling fails is recorded (its checkpoint holds the one-line reason) and the
-others go on; a failure is never fatal. The stage runs serially (a labeler such as GPAW uses the cores itself); a
-caller's executor is accepted for the common stage signature and not used.
+others go on; a failure is never fatal. The calculations run on the stage's executor (``workers`` local processes,
+or Dask), one crystal, supercell or isolated atom per task: the crystals and the atoms first, then the supercells of
+the crystals that relaxed. Each task writes its own checkpoint, so the order tasks finish in changes nothing.
 """
 
 from __future__ import annotations
@@ -501,6 +502,40 @@ def _write_products(
     return {"crystals": CRYSTALS_FILE, "supercells": SUPERCELLS_FILE, "atom_energies": ATOM_ENERGIES_FILE}
 
 
+# ---- tasks ---------------------------------------------------------------------------------------------------------
+def _load_labeler(settings: BenchReferenceSettings) -> Labeler:
+    from aloe.label.registry import load_labeler
+    from aloe.label.settings import LabelSettings
+
+    return load_labeler(
+        LabelSettings(labeler=settings.labeler, gpaw=settings.gpaw, vasp=settings.vasp, emt=settings.emt)
+    )
+
+
+def _reference_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One crystal relaxation, supercell or isolated atom, run where the executor puts it.
+
+    The task carries the settings as JSON and its checkpoint's path; the checkpoint is written here, atomically, so
+    a killed run keeps every finished calculation whichever process did it. Returns the task's ``name`` and
+    ``item`` (the checkpoint's content).
+    """
+    from aloe.runs import atomic_path
+
+    settings = BenchReferenceSettings.model_validate_json(task["settings"])
+    labeler = _load_labeler(settings)
+    workdir = Path(task["workdir"])
+    if task["kind"] == "crystal":
+        item = _crystal(task["id"], task["atoms"], labeler, settings, workdir)
+    elif task["kind"] == "supercell":
+        item = _supercell(task["id"], task["atoms"], task["k"], labeler, settings, workdir)
+    else:
+        item = _atom(task["id"], labeler, workdir)
+    text = json.dumps(item, indent=1, sort_keys=True, allow_nan=False)
+    with atomic_path(Path(task["checkpoint"])) as tmp:
+        Path(tmp).write_text(text + "\n")
+    return {"name": task["name"], "item": item}
+
+
 # ---- the stage -----------------------------------------------------------------------------------------------------
 def make_reference(
     settings: BenchReferenceSettings, command: str | None = None, executor: Executor | None = None
@@ -514,7 +549,9 @@ def make_reference(
     command
         The command line, for the summary.
     executor
-        Accepted for the common stage signature; the stage runs serially in this process.
+        Runs the calculations, one crystal, supercell or isolated atom per task: first the crystals and the atoms,
+        then the supercells of the crystals that relaxed. The caller's is left open; default: one opened from the
+        run options (``workers``, ``executor``, ``scheduler``).
 
     Returns
     -------
@@ -522,30 +559,41 @@ def make_reference(
         Stage ``bench-reference``; ``products`` holds ``reference`` (the run folder, for
         :func:`aloe.bench.structures.read_reference_set`).
     """
-    from aloe.label.registry import load_labeler
-    from aloe.label.settings import LabelSettings
-    from aloe.progress import make_bar
-    from aloe.runs import open_stage_run
+    from aloe.executors import stage_executor
 
-    del executor  # serial: see the docstring
-    timings = Timings()
-    labeler = load_labeler(
-        LabelSettings(labeler=settings.labeler, gpaw=settings.gpaw, vasp=settings.vasp, emt=settings.emt)
-    )
     if settings.supercell_min_atoms > settings.supercell_max_atoms:
         raise AloeError(
             f"supercell_min_atoms {settings.supercell_min_atoms} exceeds supercell_max_atoms "
             f"{settings.supercell_max_atoms}"
         )
+    labeler = _load_labeler(settings)
+    timings = Timings()
     with timings("read"):
         starts = starting_crystals(settings)
     ids = [ident for ident, _, _ in starts]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise AloeError(f"bench reference: repeated structure ids {', '.join(duplicates[:5])}")
+    with stage_executor(executor, settings) as ex:
+        return _make_reference(settings, command, ex, labeler, starts, timings)
+
+
+def _make_reference(
+    settings: BenchReferenceSettings,
+    command: str | None,
+    executor: Executor,
+    labeler: Labeler,
+    starts: list[tuple[str, Atoms | None, str | None]],
+    timings: Timings,
+) -> StageResult:
+    from aloe.progress import make_bar
+    from aloe.runs import open_stage_run
+
     run, settings = open_stage_run(settings, VERB, BenchReferenceSettings.RUNTIME_KEYS, subfolders=(WORK,))
     work = run.path / WORK
+    settings_json = settings.model_copy(update={"output": None}).model_dump_json()
     counts = {"computed": 0, "reused": 0}
+    items: dict[str, dict[str, Any]] = {}  # checkpoint name -> item
 
     def cached(name: str) -> dict[str, Any] | None:
         item = _read_json(run, name)
@@ -554,83 +602,101 @@ def make_reference(
             return item
         return None
 
-    n_atoms_tasks = 0
+    def task(kind: str, name: str, ident: str, workdir: Path, **extra: Any) -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "name": name,
+            "id": ident,
+            "workdir": str(workdir),
+            "checkpoint": str(run.chunk_path(name)),
+            "settings": settings_json,
+            **extra,
+        }
+
+    def run_tasks(tasks: list[dict[str, Any]]) -> None:
+        for result in executor.map_unordered(_reference_task, tasks, limit=settings.task_limit()):
+            items[result["name"]] = result["item"]
+            counts["computed"] += 1
+            bar.update(1)
+            crystals_done = [x for n, x in items.items() if n.startswith("crystal-")]
+            bar.set_postfix(failed=sum(x["status"] != "ok" for x in crystals_done))
+
+    symbols: list[str] = []
     if settings.isolated_atoms:
-        n_atoms_tasks = len({s for _, a, _ in starts if a is not None for s in a.get_chemical_symbols()})
-    total = len(starts) * (1 + settings.supercells_per_crystal) + n_atoms_tasks
+        symbols = sorted(
+            {s for _, a, _ in starts if a is not None for s in a.get_chemical_symbols()},
+            key=lambda s: (_z(s), s),
+        )
+    crystal_names = {ident: f"crystal-{_slug(ident)}.json" for ident, _, _ in starts}
+    supercell_names = {
+        (ident, k): f"supercell-{_slug(ident)}-{k}.json"
+        for ident, _, _ in starts
+        for k in range(settings.supercells_per_crystal)
+    }
+    atom_names = {symbol: f"atom-{symbol}.json" for symbol in symbols}
+    total = len(crystal_names) + len(supercell_names) + len(atom_names)
     bar = make_bar(
         enabled=settings.progress, total=total, desc=f"bench reference ({labeler.code})", unit="structure"
     )
-    crystals: list[dict[str, Any]] = []
-    supercells: list[dict[str, Any]] = []
     try:
+        # First the crystals and the isolated atoms (independent of each other) ...
+        first: list[dict[str, Any]] = []
         for ident, atoms, why in starts:
-            name = f"crystal-{_slug(ident)}.json"
+            name = crystal_names[ident]
             item = cached(name)
-            if item is None:
-                with timings("crystals"):
-                    if atoms is None:
-                        item = {
-                            "id": ident,
-                            "status": "failed",
-                            "kind": "input",
-                            "error": str(why),
-                            "seconds": 0.0,
-                        }
-                    else:
-                        item = _crystal(ident, atoms, labeler, settings, work / _slug(ident))
+            if item is None and atoms is None:
+                item = {"id": ident, "status": "failed", "kind": "input", "error": str(why), "seconds": 0.0}
                 _write_json(run, name, item)
                 counts["computed"] += 1
-            crystals.append(item)
-            bar.update(1)
-            for k in range(settings.supercells_per_crystal):
-                sc_name = f"supercell-{_slug(ident)}-{k}.json"
-                sc_item = cached(sc_name)
-                if sc_item is None:
-                    if item["status"] != "ok":
-                        sc_item = {
-                            "id": f"{ident}/sc{k}",
-                            "crystal": ident,
-                            "status": "skipped",
-                            "error": "its crystal failed",
-                        }
-                    else:
-                        with timings("supercells"):
-                            sc_item = _supercell(
-                                ident,
-                                _atoms_from(item["atoms"]),
-                                k,
-                                labeler,
-                                settings,
-                                work / f"{_slug(ident)}-sc{k}",
-                            )
-                        _write_json(run, sc_name, sc_item)
-                        counts["computed"] += 1
-                supercells.append(sc_item)
+            if item is None:
+                first.append(task("crystal", name, ident, work / _slug(ident), atoms=atoms))
+            else:
+                items[name] = item
                 bar.update(1)
-            bar.set_postfix(
-                ok=sum(c["status"] == "ok" for c in crystals),
-                failed=sum(c["status"] != "ok" for c in crystals),
-            )
-        atoms_items: list[dict[str, Any]] | None = None
-        if settings.isolated_atoms:
-            atoms_items = []
-            symbols = sorted(
-                {s for _, a, _ in starts if a is not None for s in a.get_chemical_symbols()},
-                key=lambda s: (_z(s), s),
-            )
-            for symbol in symbols:
-                name = f"atom-{symbol}.json"
-                a_item = cached(name)
-                if a_item is None:
-                    with timings("isolated_atoms"):
-                        a_item = _atom(symbol, labeler, work / f"atom-{symbol}")
-                    _write_json(run, name, a_item)
-                    counts["computed"] += 1
-                atoms_items.append(a_item)
+        for symbol, name in atom_names.items():
+            item = cached(name)
+            if item is None:
+                first.append(task("atom", name, symbol, work / f"atom-{symbol}"))
+            else:
+                items[name] = item
                 bar.update(1)
+        with timings("crystals"):
+            run_tasks(first)
+        # ... then the supercells of the crystals that relaxed.
+        second: list[dict[str, Any]] = []
+        for (ident, k), name in supercell_names.items():
+            item = cached(name)
+            crystal = items[crystal_names[ident]]
+            if item is None and crystal["status"] != "ok":
+                # not a checkpoint: the supercell is made once its crystal relaxes (retry_failed)
+                item = {
+                    "id": f"{ident}/sc{k}",
+                    "crystal": ident,
+                    "status": "skipped",
+                    "error": "its crystal failed",
+                }
+            if item is None:
+                second.append(
+                    task(
+                        "supercell",
+                        name,
+                        ident,
+                        work / f"{_slug(ident)}-sc{k}",
+                        atoms=_atoms_from(crystal["atoms"]),
+                        k=k,
+                    )
+                )
+            else:
+                items[name] = item
+                bar.update(1)
+        with timings("supercells"):
+            run_tasks(second)
     finally:
         bar.close()
+    # In the order of the inputs, whichever order the tasks finished in: the products are the same bytes.
+    crystals = [items[crystal_names[ident]] for ident, _, _ in starts]
+    supercells = [items[name] for name in supercell_names.values()]
+    atoms_items = [items[name] for name in atom_names.values()] if settings.isolated_atoms else None
     with timings("write"):
         files = _write_products(run.path, crystals, supercells, atoms_items, labeler)
     # Work folders of successful calculations are gone; drop the empty ones left behind.
@@ -665,6 +731,7 @@ def make_reference(
             "labeler": {"code": labeler.code, "functional": labeler.functional, "stand_in": labeler.stand_in},
             "files": files,
             "failures": failures,
+            "executor": executor.describe(),
         },
         command=command,
     )
