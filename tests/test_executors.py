@@ -418,6 +418,18 @@ def test_stage_executor_uses_the_callers_or_opens_its_own():
     assert ex._pool is None  # closed with the stage
 
 
+def test_a_stage_with_workers_alone_runs_a_process_pool():
+    """``--workers 2`` without ``--executor`` means two local processes (as in ``aloe run``), not one."""
+    from aloe.stagekit import StageSettings
+
+    with stage_executor(None, StageSettings(workers=2)) as ex:
+        assert isinstance(ex, ProcessExecutor) and "2" in ex.describe()
+    with stage_executor(None, StageSettings()) as ex:
+        assert isinstance(ex, InlineExecutor)
+    with stage_executor(None, StageSettings(workers=2, executor="local")) as ex:
+        assert isinstance(ex, InlineExecutor)
+
+
 def test_executor_base_is_a_context_manager():
     with Executor() as ex:
         assert ex.describe() == "local"

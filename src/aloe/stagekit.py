@@ -43,9 +43,10 @@ class StageSettings(AloeSettings):
         "executor section sizes the pool and this caps the stage when set).",
     )
     executor: ExecutorKind = Field(
-        "local",
-        description="Where the stage's tasks run when the stage runs on its own: local (this process), process "
-        "(a pool of 'workers' processes) or dask. In a loop the config's executor section decides.",
+        "process",
+        description="Where the stage's tasks run when the stage runs on its own: process (a pool of 'workers' "
+        "local processes; this process when workers is 1), local (this process, whatever 'workers' says) or "
+        "dask. In a loop the config's executor section decides.",
     )
     scheduler: str | None = Field(
         None, description="Dask scheduler address (executor 'dask'); unset: a LocalCluster of 'workers'."
