@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -150,9 +151,38 @@ def test_ctrl_c_names_the_folder_to_resume(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-3000:]
     assert f"run folder: {out}" in stdout
     assert f"--output {out} to resume" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # the lost interrupt, on purpose
+def test_an_interrupt_lost_in_a_finaliser_still_ends_with_130():
+    """Python prints a KeyboardInterrupt raised inside ``__del__`` as "Exception ignored" and goes on."""
+    import os
+    import signal
+
+    import typer
+
+    from aloe.cli.options import user_errors
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs here, inside the finaliser, and its exception is lost
+                pass
+
+    before = signal.getsignal(signal.SIGINT)
+    finished = False
+    with pytest.raises(typer.Exit) as info:
+        with user_errors():
+            Finaliser()
+            finished = True
+    assert finished  # the interrupt did not stop the body: only the note can
+    assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_screen_command(tmp_path):

@@ -142,10 +142,43 @@ def announce_run_folder(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _remember_interrupts() -> Iterator[dict[str, bool]]:
+    """Note every Ctrl-C while raising ``KeyboardInterrupt`` as Python does.
+
+    A ``KeyboardInterrupt`` raised while Python runs a finaliser (``__del__``, a weakref callback) is printed as
+    "Exception ignored" and lost, and the command would go on and exit 0; the note lets :func:`user_errors` still
+    end with status 130. Only Python's default handler in the main thread is replaced (restored on exit).
+    """
+    import signal
+    import threading
+
+    seen = {"interrupted": False}
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield seen
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        seen["interrupted"] = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print an :class:`AloeError` as one line on stderr and exit with status 2 (130 after Ctrl-C)."""
     try:
-        yield
+        with _remember_interrupts() as seen:
+            yield
+            if seen["interrupted"]:
+                raise KeyboardInterrupt  # one that a finaliser swallowed on its way up
     except AloeError as exc:
         typer.echo(f"aloe: error: {exc}", err=True)
         raise typer.Exit(2) from None
