@@ -618,8 +618,7 @@ def _make_reference(
             items[result["name"]] = result["item"]
             counts["computed"] += 1
             bar.update(1)
-            crystals_done = [x for n, x in items.items() if n.startswith("crystal-")]
-            bar.set_postfix(failed=sum(x["status"] != "ok" for x in crystals_done))
+            bar.set_postfix(failed=sum(x["status"] == "failed" for x in items.values()))
 
     symbols: list[str] = []
     if settings.isolated_atoms:
