@@ -9,6 +9,18 @@ from aloe.cli.main import app
 runner = CliRunner()
 
 
+@pytest.fixture
+def interruptible():
+    """Ctrl-C as on a terminal, also where the tests run in a background job (its shell ignores SIGINT, and a
+    child process inherits an ignored signal: it would never see the Ctrl-C these tests send)."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler, unlike SIG_IGN, is not inherited
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_help_lists_only_built_verbs():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -116,7 +128,7 @@ def test_prototypes_list_show_stats(proto_dir, tmp_path):
     assert missing.exit_code == 2 and "no prototype named 'nope'" in missing.stderr
 
 
-def test_ctrl_c_names_the_folder_to_resume(tmp_path):
+def test_ctrl_c_names_the_folder_to_resume(tmp_path, interruptible):
     import os
     import signal
     import subprocess
@@ -159,7 +171,7 @@ def test_ctrl_c_names_the_folder_to_resume(tmp_path):
 @pytest.mark.filterwarnings(
     "ignore::pytest.PytestUnraisableExceptionWarning"
 )  # the lost interrupt, on purpose
-def test_an_interrupt_lost_in_a_finaliser_still_ends_with_130():
+def test_an_interrupt_lost_in_a_finaliser_still_ends_with_130(interruptible):
     """Python prints a KeyboardInterrupt raised inside ``__del__`` as "Exception ignored" and goes on."""
     import os
     import signal
