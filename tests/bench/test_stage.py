@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -231,3 +232,41 @@ def test_each_side_of_a_cohesive_energy_can_have_its_own_isolated_atoms(tmp_path
                 update={"output": tmp_path / "bad", "potential_atom_energies": "nowhere.json"}
             )
         )
+
+
+def test_md_steps_of_pool_workers_reach_the_run_log(tmp_path):
+    """`aloe bench --workers 2`: each worker's MD batch writes its step lines to aloe.log (not to the terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "bench.yaml"
+    md = {**SHORT_MD, "batch_systems": 1}  # one system per task: two tasks for the two workers
+    config.write_text(yaml.safe_dump({"bench": {"suite": ["md"], "md": md, "mixtures": SMALL_MIXTURES}}))
+    out = tmp_path / "pool"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aloe.cli.main",
+            "bench",
+            "emt",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "ALOE_PROGRESS"},  # the CLI's own default
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "aloe.log").read_text()
+    md_lines = [line for line in log.splitlines() if line.startswith("md emt:")]
+    assert len(md_lines) >= 2 and all("steps" in line for line in md_lines)  # a closing line per worker batch
+    assert "md emt:" not in proc.stdout  # the workers' lines went to the log only
+    summary = yaml.safe_load((out / "summary.yaml").read_text())
+    assert summary["counts"]["md"]["rows"] == 2 and summary["counts"]["md"]["failed"] == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,7 @@ from aloe.data.formats import json_default
 from aloe.devices import wants_gpu
 from aloe.errors import AloeError, InputFileError
 from aloe.executors import Executor, stage_executor
-from aloe.progress import make_bar
+from aloe.progress import make_bar, progress_enabled
 from aloe.runs import TMP_SUFFIX, atomic_path, open_stage_run, plain_data
 from aloe.stagekit import StageResult, Timings
 
@@ -242,6 +243,21 @@ def _potential(spec: str, settings: BenchSettings) -> Any:
     return _POTENTIALS[key]
 
 
+def _md_progress(task: dict[str, Any]) -> bool:
+    """Whether an MD task shows its steps: as the stage does, and in another process only where lines go to a log.
+
+    A pool worker of the CLI writes to the run's ``aloe.log`` (plain lines, one per batch of systems); on a terminal
+    that several workers share, their bars would overwrite each other, so they stay silent there.
+    """
+    if not task["progress"]:
+        return False
+    if task["pid"] == os.getpid():
+        return True
+    from aloe.logs import console
+
+    return not console().isatty()
+
+
 def _run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One chunk of structures of one benchmark and one potential; each row is checkpointed as it is final."""
     t0 = time.perf_counter()
@@ -254,7 +270,7 @@ def _run_task(task: dict[str, Any]) -> dict[str, Any]:
     failed = 0
     try:
         if bench == "md":  # MD shows its steps (a batch of systems can run for hours)
-            extra: dict[str, Any] = {"progress": settings.progress}
+            extra: dict[str, Any] = {"progress": _md_progress(task)}
         elif bench == "equilibrium":
             extra = {"potential_atom_energies": potential_atom_energies_for(spec, settings)}
         else:
@@ -356,6 +372,8 @@ def bench(
                         "structures": todo[start : start + size],
                         "atom_energies": energies if b == "equilibrium" else None,
                         "run_dir": str(run.path),
+                        "progress": progress_enabled(settings.progress),
+                        "pid": os.getpid(),
                     }
                 )
     total = sum(len(t["structures"]) for t in tasks)
