@@ -126,8 +126,6 @@ class _Free(Potential):
 class _Flaky(EMTPotential):
     """EMT through a batched path, failing for structure ``bad`` and giving NaN for ``nan`` after some calls."""
 
-    name = "flaky-emt"
-
     def __init__(self, after: int = 5) -> None:
         super().__init__()
         self.name = "flaky-emt"

@@ -352,9 +352,13 @@ def _atoms_from(data: dict[str, Any]) -> Atoms:
     return Atoms(numbers=data["numbers"], cell=data["cell"], positions=data["positions"], pbc=data["pbc"])
 
 
-def _write_json(run: Any, name: str, data: dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a checkpoint or ``atom_energies.json`` atomically (in whichever process made it)."""
+    from aloe.runs import atomic_path
+
     text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)
-    run.write_chunk(name, lambda tmp: Path(tmp).write_text(text + "\n"))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text + "\n")
 
 
 def _read_json(run: Any, name: str) -> dict[str, Any] | None:
@@ -478,7 +482,6 @@ def _write_products(
 ) -> dict[str, str]:
     from aloe.bench.structures import ATOM_ENERGIES_FILE, CRYSTALS_FILE, SUPERCELLS_FILE
     from aloe.data.formats import write_records
-    from aloe.runs import atomic_path
 
     functional, code = labeler.functional, labeler.code
     ok_crystals = [c for c in crystals if c["status"] == "ok"]
@@ -497,8 +500,7 @@ def _write_products(
         "code_version": labeler.code_version(),
         "settings": labeler.label_settings(),
     }
-    with atomic_path(run_dir / ATOM_ENERGIES_FILE) as tmp:
-        Path(tmp).write_text(json.dumps(table, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    _write_json(run_dir / ATOM_ENERGIES_FILE, table)
     return {"crystals": CRYSTALS_FILE, "supercells": SUPERCELLS_FILE, "atom_energies": ATOM_ENERGIES_FILE}
 
 
@@ -519,8 +521,6 @@ def _reference_task(task: dict[str, Any]) -> dict[str, Any]:
     a killed run keeps every finished calculation whichever process did it. Returns the task's ``name`` and
     ``item`` (the checkpoint's content).
     """
-    from aloe.runs import atomic_path
-
     settings = BenchReferenceSettings.model_validate_json(task["settings"])
     labeler = _load_labeler(settings)
     workdir = Path(task["workdir"])
@@ -530,9 +530,7 @@ def _reference_task(task: dict[str, Any]) -> dict[str, Any]:
         item = _supercell(task["id"], task["atoms"], task["k"], labeler, settings, workdir)
     else:
         item = _atom(task["id"], labeler, workdir)
-    text = json.dumps(item, indent=1, sort_keys=True, allow_nan=False)
-    with atomic_path(Path(task["checkpoint"])) as tmp:
-        Path(tmp).write_text(text + "\n")
+    _write_json(Path(task["checkpoint"]), item)
     return {"name": task["name"], "item": item}
 
 
@@ -645,7 +643,7 @@ def _make_reference(
             item = cached(name)
             if item is None and atoms is None:
                 item = {"id": ident, "status": "failed", "kind": "input", "error": str(why), "seconds": 0.0}
-                _write_json(run, name, item)
+                _write_json(run.chunk_path(name), item)
                 counts["computed"] += 1
             if item is None:
                 first.append(task("crystal", name, ident, work / _slug(ident), atoms=atoms))

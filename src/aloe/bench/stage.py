@@ -79,7 +79,11 @@ def potential_key(spec: str) -> str:
     if path.is_file():
         stat = path.stat()
         return _file_potential_key(spec, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
+    return _key_of(spec, spec)
+
+
+def _key_of(spec: str, identity: str) -> str:
+    return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(identity.encode()).hexdigest()[:8]
 
 
 @functools.lru_cache(maxsize=64)
@@ -88,8 +92,7 @@ def _file_potential_key(spec: str, resolved: str, mtime_ns: int, size: int) -> s
     # three times per structure and benchmark).
     from aloe.potentials.base import file_digest
 
-    identity = f"{resolved}:{file_digest(resolved)}"
-    return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(identity.encode()).hexdigest()[:8]
+    return _key_of(spec, f"{resolved}:{file_digest(resolved)}")
 
 
 def checkpoint_path(run_dir: Path, bench: str, spec: str, structure_id: str) -> Path:
@@ -356,6 +359,9 @@ def bench(
         leftover.unlink(missing_ok=True)  # half-written checkpoints of a killed run
 
     settings_json = settings.model_dump_json()
+    show_progress = progress_enabled(
+        settings.progress
+    )  # decided here: a worker cannot tell (see _md_progress)
     tasks: list[dict[str, Any]] = []
     resumed = 0
     for b in settings.suite:
@@ -372,7 +378,7 @@ def bench(
                         "structures": todo[start : start + size],
                         "atom_energies": energies if b == "equilibrium" else None,
                         "run_dir": str(run.path),
-                        "progress": progress_enabled(settings.progress),
+                        "progress": show_progress,
                         "pid": os.getpid(),
                     }
                 )
