@@ -489,6 +489,16 @@ CASES: list[Case] = [
         Refused(r"labeler", absent=("out",)),
     ),
     Case(
+        "bench-builtin-unknown-element",
+        lambda s: ["bench", "emt", "--suite", "ev", "--ev-structures", "builtin:elements:Cu,Xx", "-o", "out"],
+        Refused(r"unknown element symbol 'Xx'", absent=("out",)),
+    ),
+    Case(
+        "bench-reference-unknown-element",
+        lambda s: ["bench", "reference", "--labeler", "emt", "--elements", "Cu,Xx", "-o", "out"],
+        Refused(r"key 'elements': .*unknown element symbol\(s\): Xx", absent=("out",)),
+    ),
+    Case(
         "generate-into-a-foreign-folder",
         lambda s: [*generate_args(s), "-o", foreign_folder(s)],
         foreign("generate", "mine/run.yaml", "mine/run.lock"),
