@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from aloe.data.records import REQUIRED_KEYS, stress_from_kbar, stress_to_kbar
-from aloe.errors import AloeError, InputFileError
+from aloe.errors import AloeError, InputFileError, exception_message
 from aloe.runs import atomic_path
 from aloe.structures import MIN_CELL_VOLUME, MIN_CELL_VOLUME_RATIO, cell_problem
 
@@ -175,13 +175,8 @@ def _stream_problem(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "truncated gzip stream (it ends before its end-of-stream marker)"
     if isinstance(exc, gzip.BadGzipFile):
-        return f"not a valid gzip file ({_first_line(exc)})"
-    return f"corrupt gzip data ({_first_line(exc)})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+        return f"not a valid gzip file ({exception_message(exc)})"
+    return f"corrupt gzip data ({exception_message(exc)})"
 
 
 # ---- record checks ------------------------------------------------------------------------------------------
@@ -508,7 +503,7 @@ class RecordReader:
                     try:
                         doc = _loads(line)
                     except _JSON_ERRORS as exc:
-                        self._bad(f"line {line_no}: bad JSON ({_first_line(exc)})")
+                        self._bad(f"line {line_no}: bad JSON ({exception_message(exc)})")
                         continue
                     if self.check:
                         problem = check_record(doc)
@@ -527,7 +522,7 @@ class RecordReader:
         except _STREAM_ERRORS as exc:
             raise InputFileError(self.path, f"{_stream_problem(exc)}, after record {self.n_read}") from None
         except UnicodeDecodeError as exc:
-            raise InputFileError(self.path, f"not UTF-8 text ({_first_line(exc)})") from None
+            raise InputFileError(self.path, f"not UTF-8 text ({exception_message(exc)})") from None
 
     def _json_list(self, fh: io.TextIOBase) -> Iterator[dict[str, Any]]:
         """Decode the elements of one JSON list from a text stream, one at a time (see the module docstring)."""
@@ -684,7 +679,9 @@ class RecordReader:
                     continue
                 yield record
         except sqlite3.DatabaseError as exc:
-            raise InputFileError(self.path, f"not a readable ASE database ({_first_line(exc)})") from None
+            raise InputFileError(
+                self.path, f"not a readable ASE database ({exception_message(exc)})"
+            ) from None
 
 
 def read_records(
@@ -994,7 +991,7 @@ def write_records(
                         data = _dumps(record)
                 except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                     raise AloeError(
-                        f"{path}: record {n - 1}: cannot write it as {fmt} ({_first_line(exc)})"
+                        f"{path}: record {n - 1}: cannot write it as {fmt} ({exception_message(exc)})"
                     ) from None
                 if fmt == "json" and n > 1:
                     fh.write(b",\n")
@@ -1027,7 +1024,7 @@ def _write_db(records: Iterable[dict[str, Any]], tmp: Path, path: Path, tick: Ca
                 atoms = record_to_atoms(record, ref_keys=False)
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
                 raise AloeError(
-                    f"{path}: record {n - 1}: cannot write it to an ASE database ({_first_line(exc)})"
+                    f"{path}: record {n - 1}: cannot write it to an ASE database ({exception_message(exc)})"
                 ) from None
             atoms.arrays.pop("REF_magmoms", None)
             extra = {k: v for k, v in record.items() if k not in REQUIRED_KEYS}

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aloe.errors import InputFileError
+from aloe.errors import InputFileError, exception_message
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -137,9 +137,4 @@ def read_problem(exc: BaseException, what: str) -> str:
 
         if exc.args[0] not in chemical_symbols:
             return f"unknown element {exc.args[0]!r}"
-    return f"not readable as {what} ({_line(exc)})"
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return f"not readable as {what} ({exception_message(exc)})"

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aloe.errors import one_line
+
 #: The task and outcome files in the work folder (removed when the call returns).
 TASK_FILE = ".aloe-isolated-task.pkl"
 RESULT_FILE = ".aloe-isolated-result.pkl"
@@ -237,8 +239,7 @@ def _error_outcome(exc: Exception, passthrough: tuple[type[BaseException], ...])
             pickle.dumps(exc)
             return ("raise", exc)
     traceback.print_exc()  # an unexpected error: its traceback goes to the log
-    text = str(exc).strip().splitlines()
-    return ("error", "crashed", f"{type(exc).__name__}: {(text[0] if text else '')[:300]}")
+    return ("error", "crashed", one_line(exc))
 
 
 def _watch_parent() -> None:

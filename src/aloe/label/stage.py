@@ -576,11 +576,6 @@ def _structure_dict(atoms: Atoms) -> dict[str, Any]:
     return AseAtomsAdaptor.get_structure(plain).as_dict()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else "")[:300]
-
-
 def iter_records(run_dir: str | Path):
     """Every record of a label run, chunk by chunk (one chunk in memory at a time)."""
     folder = Path(run_dir) / RECORDS_DIR

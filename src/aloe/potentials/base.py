@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aloe.errors import one_line
 from aloe.structures import StructureBatch
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class Potential:
             except Exception as exc:  # one bad structure must not stop the batch: isolate it
                 if len(sub) == 1:
                     part = Predictions.empty(sub)
-                    part.errors[0] = f"{self.name} raised {type(exc).__name__}: {_one_line(exc)}"
+                    part.errors[0] = f"{self.name} raised {one_line(exc)}"
                 else:
                     part = self._one_by_one(sub, hook, energy_only)
             self._merge(out, part, rows, batch, sub, energy_only)
@@ -199,7 +200,7 @@ class Potential:
                 part = hook(single, {})
             except Exception as exc:
                 part = Predictions.empty(single)
-                part.errors[0] = f"{self.name} raised {type(exc).__name__}: {_one_line(exc)}"
+                part.errors[0] = f"{self.name} raised {one_line(exc)}"
             self._merge(out, part, rows, batch, single, energy_only)
         return out
 
@@ -258,7 +259,7 @@ def shared_inputs(
         try:
             items.append(build(row))
         except Exception as exc:
-            items.append(f"{type(exc).__name__}: {_one_line(exc)}")
+            items.append(one_line(exc))
     if shared is not None:
         shared[key] = items
     return items
@@ -270,11 +271,6 @@ def usable_rows(items: list[Any], errors: list[str | None], prefix: str) -> list
         if isinstance(item, str):
             errors[r] = f"{prefix}{item}"
     return [r for r, item in enumerate(items) if not isinstance(item, str)]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else "")[:300]
 
 
 def file_digest(path: str, length: int = 12) -> str:

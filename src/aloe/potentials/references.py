@@ -80,7 +80,7 @@ from pydantic import Field
 
 from aloe.devices import one_blas_thread
 from aloe.elements import RADIUS_MULTIPLIERS, RADIUS_OVERRIDES, symbol_to_z
-from aloe.errors import AloeError, InputFileError
+from aloe.errors import AloeError, InputFileError, one_line
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -481,8 +481,7 @@ def _relax_candidate(
         out["error"] = f"stopped at step {out['steps']}: {exc}"
         return out
     except Exception as exc:  # a model that fails on one form must not stop the others
-        text = str(exc).strip().splitlines()
-        out["error"] = f"{type(exc).__name__}: {(text[0] if text else '')[:200]}"
+        out["error"] = one_line(exc)
         return out
     finally:
         atoms.calc = None  # detach, so the shared calculator holds no reference to this candidate

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from aloe.errors import AloeError
+from aloe.errors import AloeError, one_line
 from aloe.structures import StructureBatch
 
 #: Built-in encoder names (for help texts and errors).
@@ -98,7 +98,7 @@ class Encoder:
                 part = self._checked(sub)
             except Exception as exc:  # isolate the structure that breaks the batch
                 if len(sub) == 1:
-                    part = Encoded(np.full((1, self.dim), np.nan), [f"{self.name} raised {_line(exc)}"])
+                    part = Encoded(np.full((1, self.dim), np.nan), [f"{self.name} raised {one_line(exc)}"])
                 else:
                     part = self._one_by_one(sub)
             features[rows] = part.features
@@ -127,7 +127,7 @@ class Encoder:
                 features[rows] = part.features
                 errors.append(part.errors[0])
             except Exception as exc:
-                errors.append(f"{self.name} raised {_line(exc)}")
+                errors.append(f"{self.name} raised {one_line(exc)}")
         return Encoded(features, errors)
 
     def __repr__(self) -> str:
@@ -257,7 +257,7 @@ class MatminerEncoder(Encoder):
                 features[r] = values
                 errors.append(None)
             except Exception as exc:
-                errors.append(f"matminer raised {_line(exc)}")
+                errors.append(f"matminer raised {one_line(exc)}")
         return Encoded(features, errors)
 
 
@@ -291,8 +291,3 @@ def load_encoder(
     raise AloeError(
         f"unknown encoder {name!r}: use one of {', '.join(BUILTIN_ENCODERS)} or 'package.module:factory'"
     )
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {(text[0] if text else '')[:300]}"
