@@ -119,8 +119,15 @@ def run_log(folder: str | Path, command: str | None = None) -> Iterator[Path]:
     if _active is not None:
         yield folder / LOG_FILE
         return
+    from aloe.errors import AloeError
+
+    if folder.exists() and not folder.is_dir():
+        raise AloeError(f"{folder}: exists and is not a folder; choose another output folder")
     made = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission ...
+        raise AloeError(f"{folder}: cannot create the run folder ({exc.strerror or exc})") from None
     before = _names(folder)
     path = folder / LOG_FILE
     new_log = not path.exists()

@@ -2,8 +2,10 @@
 
 Off a terminal (a pipe, a file, a batch job's output) a redrawn bar would be one long line of carriage returns, so
 the progress is written as plain lines instead: ``[iter 1/2] label (gpaw): 4/6 structures, 4 ok, 0 failed, 02:31``,
-at most one every :data:`LINE_INTERVAL` seconds, one a minute while nothing changes, and one when the bar
-closes. The ``[iter 1/2]`` prefix comes from :func:`progress_prefix` (the loop sets it around each stage); lines
+at most one every :data:`LINE_INTERVAL` seconds, one every :data:`HEARTBEAT` seconds while nothing changes, and one
+when the bar closes. The run log gets such lines whatever the display: a terminal bar writes one to the log every
+:data:`HEARTBEAT` seconds, and with progress off (``--no-progress``) a bar still writes its lines to an open run
+log (:func:`make_bar`) or, in a worker process whose output is the run log, to that output (:func:`make_log_bar`). The ``[iter 1/2]`` prefix comes from :func:`progress_prefix` (the loop sets it around each stage); lines
 written without a bar (the elemental references' ``references chgnet-r2scan: F 12/89 ...``) get it from
 :func:`prefixed`. Both go to aloe's console (:mod:`aloe.logs`): the terminal, and the run log when one is open.
 """
@@ -15,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from aloe.logs import console, echo, format_seconds, log_open
@@ -24,8 +26,9 @@ T = TypeVar("T")
 
 #: Seconds between two plain progress lines of one bar (the last line is always written).
 LINE_INTERVAL = 10.0
-#: Seconds after which a line is written even when nothing changed.
-HEARTBEAT = 60.0
+#: Seconds after which a line is written even when nothing changed: the run log hears from a long loop at least
+#: this often, whatever ``--progress`` says.
+HEARTBEAT = 30.0
 #: Seconds a due line waits for the counts a stage sets right after an update.
 SETTLE = 0.2
 
@@ -64,13 +67,13 @@ def progress_enabled(requested: bool | None = None) -> bool:
 
 def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, **kwargs: Any) -> Iterator[T]:
     """Iterate ``iterable`` with a progress display (keyword arguments: ``total``, ``desc``, ``unit``)."""
-    if not progress_enabled(enabled):
+    if not progress_enabled(enabled) and not log_open():
         yield from iterable
         return
     if "total" not in kwargs:
         with contextlib.suppress(TypeError):
             kwargs["total"] = len(iterable)  # type: ignore[arg-type]
-    bar = make_bar(enabled=True, **kwargs)
+    bar = make_bar(enabled=enabled, **kwargs)
     try:
         for item in iterable:
             yield item
@@ -82,14 +85,43 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, **kwargs
 def make_bar(
     *, enabled: bool | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kwargs: Any
 ):
-    """A manually updated progress display: tqdm on a terminal, :class:`LineProgress` elsewhere, or a no-op."""
+    """A manually updated progress display: tqdm on a terminal, :class:`LineProgress` elsewhere.
+
+    With progress off, the lines still go to the run log when one is open (never to the terminal); without a run
+    log the bar does nothing.
+    """
     if not progress_enabled(enabled):
-        return _NullBar()
+        return (
+            LineProgress(total=total, desc=_prefix + desc, unit=unit, write=_to_log)
+            if log_open()
+            else _NullBar()
+        )
     desc = _prefix + desc
     out = console()
     if out.isatty():
         return _TerminalBar(out.stream, total=total, desc=desc, unit=unit, **kwargs)
     return LineProgress(total=total, desc=desc, unit=unit)
+
+
+def make_log_bar(*, total: int | None = None, desc: str = "", unit: str = "it") -> LineProgress | _NullBar:
+    """Progress lines for the run log only, never for a terminal.
+
+    In the process that holds the run log the lines go to it (file only). In a worker process of a CLI run (a
+    pool worker inherits its output from the process that opened the log) they go to that output, unless it is a
+    terminal; there is no log to write to then and the bar does nothing.
+    """
+    if log_open():
+        return LineProgress(total=total, desc=_prefix + desc, unit=unit, write=_to_log)
+    if console().isatty():
+        return _NullBar()
+    return LineProgress(
+        total=total, desc=_prefix + desc, unit=unit, write=lambda line: console().write_line(line)
+    )
+
+
+def _to_log(line: str) -> None:
+    """One line for the run log's file only (the terminal does not see it)."""
+    logging.getLogger("aloe").info(line)
 
 
 def _postfix_item(key: str, value: Any) -> str:
@@ -142,6 +174,15 @@ class LineProgress(_Counts):
     alive), and at the close. A due line waits :data:`SETTLE` seconds, so that counts a stage sets right after an
     update are in it. Has the parts of tqdm's API that aloe uses (``update``, ``set_postfix``, ``set_postfix_str``,
     ``close``).
+
+    Parameters
+    ----------
+    total, desc, unit
+        As tqdm's.
+    interval, heartbeat
+        Seconds between lines while something changes, and while nothing does (default :data:`HEARTBEAT`).
+    write
+        Where a line goes: :func:`aloe.logs.echo` (the console and the run log) by default.
     """
 
     def __init__(
@@ -150,10 +191,12 @@ class LineProgress(_Counts):
         desc: str,
         unit: str = "it",
         interval: float = LINE_INTERVAL,
-        heartbeat: float = HEARTBEAT,
+        heartbeat: float | None = None,
+        write: Callable[[str], None] = echo,
     ) -> None:
         super().__init__(total, desc, unit)
-        self.interval, self.heartbeat = interval, heartbeat
+        self.interval, self.heartbeat = interval, HEARTBEAT if heartbeat is None else heartbeat
+        self._emit = write
         self.last = self.started
         self.closed = False
         self._written = ""  # the last line without its time
@@ -164,7 +207,7 @@ class LineProgress(_Counts):
         self._thread.start()
 
     def _write(self, now: float) -> None:
-        echo(self.line())
+        self._emit(self.line())
         self.last, self._written, self._due_at = now, self._state(), None
 
     def _changed(self) -> None:
@@ -216,13 +259,20 @@ class LineProgress(_Counts):
 
 
 class _TerminalBar:
-    """tqdm on the terminal; its final state also goes to the run log as one line."""
+    """tqdm on the terminal; the run log gets its state as a line every :data:`HEARTBEAT` seconds and at the end."""
 
     def __init__(self, stream: Any, total: int | None, desc: str, unit: str, **kwargs: Any) -> None:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, **kwargs)
         self._line = _Counts(total, desc, unit)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="aloe-progress-log", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._halt.wait(HEARTBEAT):
+            _to_log(self._line.line())
 
     def update(self, n: int = 1) -> None:
         """``n`` more items done."""
@@ -241,8 +291,11 @@ class _TerminalBar:
 
     def close(self) -> None:
         """Close the bar (tqdm leaves it on screen) and log its final state."""
+        if self._halt.is_set():
+            return
+        self._halt.set()
         self._bar.close()
-        logging.getLogger("aloe").info(self._line.line())
+        _to_log(self._line.line())
 
     def __enter__(self) -> _TerminalBar:
         return self

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aloe.devices import resolve_device
-from aloe.errors import AloeError
+from aloe.errors import AloeError, one_line
 from aloe.potentials.base import Potential
 
 #: Built-in names (weights ship with their wheel, or no weights at all).
@@ -270,8 +270,10 @@ def _from_factory(factory: Callable[..., Any], name: str, opts: dict[str, Any]) 
         return ASECalculatorPotential(factory, name=name, kwargs=kwargs)
     try:
         made = factory(**kwargs)
-    except TypeError as exc:
-        raise AloeError(f"{name}: calling the factory failed ({exc})") from None
+    except AloeError:
+        raise
+    except Exception as exc:  # the user's code: its failure is one line naming it, not a traceback
+        raise AloeError(f"{name}: the factory raised {one_line(exc)}") from None
     if isinstance(made, Potential):
         return made
     if isinstance(made, BaseCalculator):
