@@ -168,6 +168,9 @@ AM_FRAME = (  # americium: beyond CHGNet's elements
 )
 
 
+EMPTY_FRAME = '0\nLattice="3.6 0.0 0.0 0.0 3.6 0.0 0.0 0.0 3.6" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+
+
 def _frames(*frames: str) -> str:
     return "".join(frames)
 
@@ -249,6 +252,17 @@ def screen(setup: Setup, xyz: str, out: str | None = None) -> list[str]:
 def label(setup: Setup, xyz: str, out: str | None = None) -> list[str]:
     """``aloe label XYZ -o OUT`` with EMT, in this process (OUT default: ``out``)."""
     return ["label", xyz, "-o", out or str(setup.tmp / "out"), *LABEL_FAST]
+
+
+def raising_factory(setup: Setup) -> str:
+    """A ``module:factory`` spec whose factory raises (the module sits in the child's working folder)."""
+    setup.file("broken_factory.py", "def make():\n    raise RuntimeError('no weights in here')\n")
+    return "broken_factory:make"
+
+
+def bench_ev(setup: Setup, xyz: str) -> list[str]:
+    """``aloe bench emt --suite ev --ev-structures XYZ -o out``."""
+    return ["bench", "emt", "--suite", "ev", "--ev-structures", xyz, "-o", "out", "--no-progress"]
 
 
 def convert(setup: Setup, source: str, target: str) -> list[str]:
@@ -447,21 +461,127 @@ CASES: list[Case] = [
     ),
     # -- output folders: only a stage's own run folders, one process at a time --
     # -- aloe bench: a structure a benchmark cannot treat is a row; bad arguments are one line --
+    # structures no benchmark can treat are refused before the run folder is made (one line: file and frame) ...
     Case(
         "bench-zero-volume-cell",
-        lambda s: ["bench", "emt", "--suite", "ev", "--ev-structures", zero_volume_xyz(s), "-o", "out"],
+        lambda s: bench_ev(s, zero_volume_xyz(s)),
+        Refused(r"flat\.extxyz: frame 1: degenerate cell \(volume 0 A\^3\)", absent=("out",)),
+    ),
+    Case(
+        "bench-nan-cell",
+        lambda s: bench_ev(
+            s,
+            s.file(
+                "nancell.extxyz", _frames(GOOD_FRAME, GOOD_FRAME.replace("0.0 3.6 0.0", "0.0 nan 0.0", 1))
+            ),
+        ),
+        Refused(r"nancell\.extxyz: frame 1: cell holds NaN or infinite values", absent=("out",)),
+    ),
+    Case(
+        "bench-coincident-atoms",
+        lambda s: bench_ev(s, coincident_xyz(s)),
+        Refused(r"twin\.extxyz: frame 1: atoms 0 A apart", absent=("out",)),
+    ),
+    Case(
+        "bench-zero-atom-frame",
+        lambda s: bench_ev(s, s.file("none.extxyz", _frames(GOOD_FRAME, EMPTY_FRAME))),
+        Refused(r"none\.extxyz: frame 1: structure has no atoms", absent=("out",)),
+    ),
+    Case(
+        "bench-nan-position",
+        lambda s: bench_ev(
+            s,
+            s.file("nan.extxyz", _frames(GOOD_FRAME, GOOD_FRAME.replace("Cu 1.8 1.8 0.0", "Cu nan 1.8 0.0"))),
+        ),
+        Refused(r"nan\.extxyz: frame 1: atomic positions hold NaN or infinite values", absent=("out",)),
+    ),
+    Case(
+        "bench-empty-extxyz",
+        lambda s: bench_ev(s, s.file("empty.extxyz", "")),
+        Refused(r"empty\.extxyz: holds no structures$", absent=("out",)),
+    ),
+    Case(
+        "bench-reference-without-forces",  # equilibrium has crystals, forces has nothing to compare against
+        lambda s: [
+            "bench",
+            "emt",
+            "--suite",
+            "forces",
+            "--structures",
+            s.file("noforces.extxyz", GOOD_FRAME),
+            "-o",
+            "out",
+        ],
+        Refused(
+            r"forces benchmark has no structures: .*noforces\.extxyz holds no structure with reference forces",
+            absent=("out",),
+        ),
+    ),
+    # ... or, on request, recorded as failed rows with the reason (never a score), the others computed
+    Case(
+        "bench-invalid-structures-recorded",
+        lambda s: [*bench_ev(s, zero_volume_xyz(s)), "--set", "invalid_structures=record"],
         Recorded(
             "bench",
             "out",
             {
                 "flat-0": ("ok", ""),
-                "flat-1": (
-                    "failed",
-                    r"cannot build EV points: ValueError: degenerate cell \(volume 0 A\^3\)",
-                ),
+                "flat-1": ("failed", r"^invalid structure: degenerate cell \(volume 0 A\^3\)$"),
                 "flat-2": ("ok", ""),
             },
         ),
+    ),
+    # a model that raises inside MD fails the row with its message: an error, not an instability
+    Case(
+        "bench-md-element-the-model-lacks",
+        lambda s: [
+            "bench",
+            "emt",
+            "--suite",
+            "md",
+            "--md-structures",
+            s.file("ti.extxyz", _frames(GOOD_FRAME, GOOD_FRAME.replace("Cu 1.8 1.8 0.0", "Ti 1.8 1.8 0.0"))),
+            "--set",
+            "md.duration_ps=0.01",
+            "-o",
+            "out",
+            "--no-progress",
+        ],
+        Recorded(
+            "bench",
+            "out",
+            {
+                "ti-0": ("ok", ""),
+                "ti-1": ("failed", r"^nvt: emt raised NotImplementedError: No EMT-potential for Ti"),
+            },
+        ),
+    ),
+    Case(
+        "bench-empty-suite",
+        lambda s: ["bench", "emt", "--suite", "", "-o", "out"],
+        Refused(r"key 'suite'.*no benchmark given", absent=("out",)),
+    ),
+    Case(
+        "bench-output-is-a-file",
+        lambda s: ["bench", "emt", "--suite", "ev", "-o", s.file("taken.txt", "my notes\n")],
+        Refused(r"taken\.txt: exists and is not a folder"),
+    ),
+    Case(
+        "bench-factory-raises",  # the user's own factory fails while loading: one line naming it
+        lambda s: [
+            "bench",
+            raising_factory(s),
+            "--suite",
+            "ev",
+            "--ev-structures",
+            s.file("cu.extxyz", GOOD_FRAME),
+            "-o",
+            "out",
+        ],
+        Refused(
+            r"broken_factory:make: the factory raised RuntimeError: no weights in here$", absent=("out",)
+        ),
+        subprocess=True,  # run where the factory's module is importable (the child's working folder)
     ),
     Case(
         "bench-unknown-benchmark",

@@ -370,8 +370,11 @@ def test_failing_systems_leave_the_batch_and_the_others_go_on() -> None:
         by_id["flat"]["error"].startswith("ValueError: degenerate cell")
         and "nvt_stop_reason" not in by_id["flat"]
     )
-    assert by_id["bad"]["nvt_stop_reason"] == "error: boom" and by_id["bad"]["nvt_steps_completed"] == 4
+    # the model raised: a failed row with the message, never a score (no run columns)
+    assert by_id["bad"]["error"] == "nvt: boom" and "nvt_steps_completed" not in by_id["bad"]
+    # a NaN energy is an instability: a valid row whose run stopped
     assert by_id["nan"]["nvt_stop_reason"] == "non-finite" and by_id["nan"]["nvt_completed_share"] < 1
+    assert by_id["nan"]["error"] is None
     # the calls before the failure are frame 0 (start) and steps 1..4; the failing call is step 5
     for sid in ("good", "good2"):
         assert by_id[sid]["nvt_completed_share"] == 1.0 and by_id[sid]["error"] is None
@@ -381,8 +384,8 @@ def test_failing_systems_leave_the_batch_and_the_others_go_on() -> None:
         )  # exactly: batch-independent
     assert all(r["wall_s"] >= 0 for r in rows)
     metrics = MDStability.aggregate(rows)
-    assert metrics["n"] == 5 and metrics["n_failed"] == 1 and metrics["nvt_n"] == 4
-    assert metrics["nvt_survived_share"] == 0.5
+    assert metrics["n"] == 5 and metrics["n_failed"] == 2 and metrics["nvt_n"] == 3
+    assert metrics["nvt_survived_share"] == pytest.approx(2 / 3)
     # progress counts every scheduled step, also of runs that stopped early
     starts = [md_start(s.atoms, settings, s.id) for s in structures if s.id != "flat"]
     run_batched(
@@ -402,7 +405,8 @@ def test_a_model_failing_at_the_start(thermostat: str) -> None:
     settings = _settings(10, ensembles=["nvt"], thermostat=thermostat)
     start = md_start(bulk("Cu", "fcc", a=3.6, cubic=True), settings, "bad")
     run = run_batched(_Flaky(after=0), [start], "nvt", settings, seeds=[0], ids=["bad"])[0]
-    assert (run.stop_reason, run.steps_completed, run.steps_scheduled) == ("error: boom", 0, 10)
+    # the model raised: an error, not an instability (no stop reason)
+    assert (run.error, run.stop_reason, run.steps_completed, run.steps_scheduled) == ("boom", None, 0, 10)
     assert MDRun(steps_scheduled=10, timestep_fs=2.0).columns("npt")["npt_volume_ratio"] is None
 
 
@@ -413,10 +417,18 @@ def test_auto_backend_batches_only_batched_models() -> None:
     assert MDStability("emt", MDSettings(backend="ase")).backend == "ase"
 
 
-def test_progress_can_be_shown() -> None:
-    settings = _settings(5, ensembles=["nvt"])
-    row = MDStability(_Free(), settings, progress=True).calc(BenchStructure("cu", bulk("Cu", "fcc", a=3.6)))
-    assert row["nvt_completed_share"] == 1.0
+def test_progress_counts_every_scheduled_step() -> None:
+    """The caller owns the bar: the benchmark reports steps, up to the total it announces."""
+    settings = _settings(5)
+    structures = [
+        BenchStructure("cu", bulk("Cu", "fcc", a=3.6)),
+        BenchStructure("bad", bulk("Cu", "fcc", a=3.6)),
+    ]
+    steps: list[int] = []
+    bench = MDStability(_Flaky(after=2), settings, progress=steps.append)
+    rows = bench.calc_many(structures)
+    assert rows[0]["nvt_completed_share"] == 1.0 and rows[1]["error"]  # 'bad' failed in NVT: NPT never ran
+    assert sum(steps) == bench.progress_total(structures) == 2 * 2 * 5
 
 
 # ---- aggregation ---------------------------------------------------------------------------------------------

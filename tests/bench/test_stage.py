@@ -270,3 +270,93 @@ def test_md_steps_of_pool_workers_reach_the_run_log(tmp_path):
     assert "md emt:" not in proc.stdout  # the workers' lines went to the log only
     summary = yaml.safe_load((out / "summary.yaml").read_text())
     assert summary["counts"]["md"]["rows"] == 2 and summary["counts"]["md"]["failed"] == 0
+
+
+def test_damaged_checkpoints_are_computed_again_with_a_warning(tmp_path, emt_reference, capsys):
+    settings = _settings(tmp_path, emt_reference, potentials=["emt"], suite=["ev"])
+    first = bench(settings)
+    table = pq.read_table(first.run_dir / "tables" / "ev.parquet").drop(["wall_s"]).to_pylist()
+    ids = [r["structure_id"] for r in first.products["rows"]["ev"]]
+    paths = [checkpoint_path(first.run_dir, "ev", "emt", i) for i in ids[:3]]
+    paths[0].write_text("")  # empty
+    paths[1].write_text(paths[1].read_text()[:40])  # truncated
+    paths[2].write_text(
+        checkpoint_path(first.run_dir, "ev", "emt", ids[3]).read_text()
+    )  # another structure's
+    capsys.readouterr()
+    again = bench(settings)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "damaged checkpoint" in line]
+    assert len(warnings) == 3, warnings
+    assert (
+        "empty" in warnings[0] and "not JSON" in warnings[1] and f"holds structure {ids[3]!r}" in warnings[2]
+    )
+    assert again.counts["resumed_rows"] == len(ids) - 3
+    resumed = pq.read_table(again.run_dir / "tables" / "ev.parquet").drop(["wall_s"]).to_pylist()
+    assert json.dumps(resumed) == json.dumps(table)
+
+
+def test_a_model_error_in_md_is_a_failure_not_an_instability(tmp_path):
+    """EMT lacks Ti: the row fails with the reason, counts as failed, and is listed in report.html."""
+    ti = bulk("Cu", "fcc", a=3.6, cubic=True)
+    ti.symbols[0] = "Ti"
+    path = tmp_path / "md.extxyz"
+    write(path, [bulk("Cu", "fcc", a=3.6, cubic=True), ti], format="extxyz")
+    result = bench(
+        BenchSettings(
+            potentials=["emt"],
+            suite=["md"],
+            md_structures=str(path),
+            md={**SHORT_MD, "duration_ps": 0.02},
+            output=tmp_path / "b",
+            progress=False,
+        )
+    )
+    rows = {r["structure_id"]: r for r in result.products["rows"]["md"]}
+    assert rows["md-0"]["error"] is None and rows["md-0"]["nvt_completed_share"] == 1.0
+    assert rows["md-1"]["error"] == "nvt: emt raised NotImplementedError: No EMT-potential for Ti"
+    metrics = result.products["metrics"]["md"]["emt"]
+    assert metrics["n_failed"] == 1 and metrics["nvt_n"] == 1 and metrics["nvt_completed_share_mean"] == 1.0
+    assert "| emt | 2 | 1 |" in (result.run_dir / "comparison.md").read_text()  # structures 2, failed 1
+    assert "No EMT-potential for Ti" in (result.run_dir / "report.html").read_text()
+
+
+def test_md_progress_reaches_the_run_log_without_progress(tmp_path, emt_reference):
+    """--no-progress: the terminal shows no MD steps, the run log still does (a batch can run for hours)."""
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        yaml.safe_dump({"bench": {"suite": ["md"], "md": SHORT_MD, "mixtures": SMALL_MIXTURES}})
+    )
+    out = tmp_path / "quiet"
+    result = CliRunner().invoke(app, ["bench", "emt", "-c", str(config), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    log = (out / "aloe.log").read_text()
+    md_lines = [line for line in log.splitlines() if "md emt:" in line and "steps" in line]
+    assert len(md_lines) >= 2, log[-2000:]  # one per batch of systems at least (two mixtures, one per batch)
+    assert "md emt:" not in result.output
+
+
+def test_a_batch_whose_structures_are_computed_together_is_computed_whole_again(tmp_path, emt_reference):
+    """Planning a resume: a coupled chunk with a missing row reruns whole (finished rows kept); others only gaps."""
+    from aloe.bench.stage import plan_tasks, read_kept_structures
+
+    settings = _settings(
+        tmp_path,
+        emt_reference,
+        potentials=["tests.bench.killer:make", "emt"],
+        suite=["ev"],
+        ev={"batch_structures": 2},
+    )
+    first = bench(settings)
+    sets = {"ev": read_kept_structures(first.run_dir / "structures", "ev")}
+    ids = [s.id for s in sets["ev"]]
+    for spec in ("tests.bench.killer:make", "emt"):
+        checkpoint_path(first.run_dir, "ev", spec, ids[1]).unlink()
+    common = {"settings_json": settings.model_dump_json(), "atom_energies": {}, "progress": "none"}
+    tasks, resumed = plan_tasks(first.run_dir, settings, sets, {}, common)
+    assert resumed == 2 * len(ids) - 2
+    by_potential = {t.potential: t for t in tasks}
+    assert len(tasks) == 2
+    batched = by_potential["tests.bench.killer:make"]  # a batched model: the whole chunk, its first row kept
+    assert [s.id for s in batched.structures] == ids[:2] and batched.keep == {ids[0]}
+    plain = by_potential["emt"]  # one structure per call: only the gap
+    assert [s.id for s in plain.structures] == [ids[1]] and not plain.keep

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from aloe.errors import one_line
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class BenchStructure:
         Shape ``(6,)``: reference Voigt stress (eV/A^3, positive = tensile), or ``None``.
     source
         Where it came from (file, built-in set name).
+    origin
+        Where exactly it was read, for messages: ``data.extxyz: frame 3``, ``docs.json: record 7``,
+        ``builtin:mixtures: mixture-0-...``; empty when unknown.
     """
 
     id: str
@@ -63,6 +67,12 @@ class BenchStructure:
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
     source: str = ""
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """:attr:`origin`, or ``source: id`` when it is unknown."""
+        return self.origin or f"{self.source or 'structure'}: {self.id}"
 
     @property
     def formula(self) -> str:
@@ -99,6 +109,10 @@ class ReferenceSet:
     name: str = ""
 
 
+class StructureFailed(RuntimeError):
+    """A structure's failure whose message is its row's reason as it stands (no exception type in front)."""
+
+
 def structure_columns(structure: BenchStructure) -> dict[str, Any]:
     """The common columns of a structure's row (without ``potential``, ``error`` and ``wall_s``)."""
     return {"structure_id": structure.id, "formula": structure.formula, "n_atoms": structure.n_atoms}
@@ -107,12 +121,6 @@ def structure_columns(structure: BenchStructure) -> dict[str, Any]:
 def failure_row(structure: BenchStructure, reason: str, wall_s: float = 0.0) -> dict[str, Any]:
     """The row of a structure that failed: common columns plus ``error``; the benchmark's columns are absent."""
     return {**structure_columns(structure), "error": reason, "wall_s": float(wall_s)}
-
-
-def one_line(exc: BaseException) -> str:
-    """``TypeName: first line of the message`` (at most 300 characters)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {(text[0] if text else '')[:300]}"
 
 
 class Benchmark:
@@ -145,6 +153,10 @@ class Benchmark:
     settings_model: ClassVar[type[AloeSettings]] = AloeSettings
     needs: ClassVar[str] = "nothing"
     COLUMNS: ClassVar[dict[str, str]] = {}
+    #: Structures per task of the bench stage when the benchmark has no batch of its own.
+    TASK_STRUCTURES: ClassVar[int] = 4
+    #: Unit of the progress a benchmark reports itself (``progress(n)`` calls; MD: steps), or ``None``.
+    PROGRESS_UNIT: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -170,6 +182,23 @@ class Benchmark:
         raise NotImplementedError
 
     # ---- provided ------------------------------------------------------------------------------------------
+    def task_size(self) -> int:
+        """Structures per task of the bench stage: the benchmark's batch (:attr:`TASK_STRUCTURES` by default)."""
+        return self.TASK_STRUCTURES
+
+    def coupled(self) -> bool:
+        """Whether the structures of one task are computed together, so one's numbers may depend on the others.
+
+        True for a batched model's forward passes over several structures (float32 sums depend on the batch).
+        A resumed task then computes all its structures again, keeping the rows already written, so the missing
+        ones see the batch they would have seen in an uninterrupted run. Independent structures: ``False``.
+        """
+        return False
+
+    def progress_total(self, structures: Sequence[BenchStructure]) -> int | None:
+        """The total the benchmark's own progress counts to (in :attr:`PROGRESS_UNIT`), or ``None`` (no own progress)."""
+        return None
+
     def usable(self, structure: BenchStructure) -> str | None:
         """``None`` when the structure has what this benchmark needs, else why not."""
         if self.needs == "energy" and structure.energy is None:
@@ -204,6 +233,8 @@ class Benchmark:
                 try:
                     row = self.calc(structure)
                     row.setdefault("error", None)
+                except StructureFailed as exc:
+                    row = failure_row(structure, str(exc))
                 except Exception as exc:  # one structure never stops the benchmark
                     row = failure_row(structure, one_line(exc))
             row["wall_s"] = float(time.perf_counter() - t0)
@@ -230,6 +261,7 @@ __all__ = [
     "BenchStructure",
     "Benchmark",
     "ReferenceSet",
+    "StructureFailed",
     "failure_row",
     "has_batched_path",
     "ok_rows",

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, one_line, structure_columns
+from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, structure_columns
+from aloe.errors import one_line
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -244,6 +245,16 @@ class EVScan(Benchmark):
     }
 
     settings: EVSettings
+
+    def task_size(self) -> int:
+        """``batch_structures``: the structures whose points share prediction calls."""
+        return self.settings.batch_structures
+
+    def coupled(self) -> bool:
+        """True for a batched model (its points of several structures share forward passes)."""
+        from aloe.bench.base import has_batched_path
+
+        return has_batched_path(self.potential)
 
     def strains(self) -> np.ndarray:
         """Shape ``(n_points,)``: the scan's linear strains (ascending, hence ascending volume)."""

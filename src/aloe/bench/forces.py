@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, one_line, structure_columns
+from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, structure_columns
+from aloe.errors import one_line
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -246,6 +247,16 @@ class ForceParity(Benchmark):
     }
 
     settings: ForcesSettings
+
+    def task_size(self) -> int:
+        """``batch_structures``: the structures of one prediction call."""
+        return self.settings.batch_structures
+
+    def coupled(self) -> bool:
+        """True for a batched model (several structures share a forward pass)."""
+        from aloe.bench.base import has_batched_path
+
+        return has_batched_path(self.potential)
 
     def _reference(self, structure: BenchStructure) -> np.ndarray:
         """Shape ``(n, 3)``: the structure's reference forces, checked against its atom count."""

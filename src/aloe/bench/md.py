@@ -15,8 +15,9 @@ Protocol (MLIP Arena's, with the paper's validity rules; every number is a field
   round(duration_ps / timestep)``;
 - a frame is valid while ``|E - E_0| / N <= max_energy_change_per_atom`` (E: the model's potential energy),
   the largest per-atom kinetic energy is below ``max_kinetic_per_atom`` and (NPT) ``V / V_0`` stays within
-  ``[volume_ratio_min, volume_ratio_max]``; a run ends at its first invalid frame, when the model fails, or on a
-  non-finite number.
+  ``[volume_ratio_min, volume_ratio_max]``; a run ends at its first invalid frame or on a non-finite number
+  (an energy, a force or a state: instabilities, as the paper defines them). A model that raises is not an
+  instability: the structure's row fails with the model's message and counts as failed, outside the statistics.
 
 Two integrators give the same trajectories: :class:`BatchedMD`, aloe's own vectorised integrator (many systems
 of different sizes and cells in flat arrays, one ``potential.predict`` per step for all live systems, systems
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from aloe.bench.base import Benchmark, BenchStructure, failure_row, one_line, structure_columns
+from aloe.bench.base import Benchmark, BenchStructure, StructureFailed, failure_row, structure_columns
+from aloe.errors import one_line
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -251,7 +253,10 @@ def frame_problems(
 
 
 def stop_reason_of_error(message: str) -> str:
-    """A model's failure as a stop reason: ``"non-finite"`` for NaN/inf output, else ``"error: <message>"``."""
+    """A model's failure as a stop reason: ``"non-finite"`` for NaN/inf output, else ``"error: <message>"``.
+
+    Only the first is an instability; ``"error: ..."`` (the model raised) makes the structure's row a failure.
+    """
     return "non-finite" if "non-finite" in message else f"error: {message}"
 
 
@@ -268,7 +273,9 @@ class MDRun:
     steps_completed
         Index of the last frame found valid (frame ``k`` follows step ``k``; frame 0 is the start).
     stop_reason
-        ``None`` (ran every step), ``"energy"``, ``"kinetic"``, ``"volume"``, ``"non-finite"``, ``"error: ..."``.
+        ``None`` (ran every step, or the model failed), ``"energy"``, ``"kinetic"``, ``"volume"``, ``"non-finite"``.
+    error
+        The model's failure (it raised: no instability, the run has no result), else ``None``.
     wall_s
         Wall seconds from the integrator's start until this run left it.
     final_temperature
@@ -281,9 +288,17 @@ class MDRun:
     timestep_fs: float
     steps_completed: int = 0
     stop_reason: str | None = None
+    error: str | None = None
     wall_s: float = 0.0
     final_temperature: float = math.nan
     volume_ratio: float = math.nan
+
+    def end(self, reason: str | None) -> None:
+        """Record why the run ended: an instability, ``"error: <message>"`` (the model failed) or ``None``."""
+        if reason is not None and reason.startswith("error: "):
+            self.error = reason.removeprefix("error: ")
+        else:
+            self.stop_reason = reason
 
     def columns(self, ensemble: str) -> dict[str, Any]:
         """The row columns of this run (``{ensemble}_...``)."""
@@ -766,6 +781,7 @@ def run_batched(
     seeds: Sequence[int],
     ids: Sequence[str] | None = None,
     on_steps: Callable[[int], None] | None = None,
+    on_leave: Callable[[int, MDRun], None] | None = None,
     observer: Callable[[int, BatchedMD], None] | None = None,
 ) -> list[MDRun]:
     """Run one ensemble for many starts in one :class:`BatchedMD`; one :class:`MDRun` per start.
@@ -787,6 +803,9 @@ def run_batched(
     on_steps
         Called with the number of system-steps just done (for a progress bar; a system that stops early reports
         its remaining steps, so the counts add up to the scheduled total).
+    on_leave
+        Called as ``on_leave(k, run)`` the moment start ``k`` leaves the integrator (its run is final): a caller
+        keeps each system's result as it ends, not when the whole batch does.
     observer
         Called as ``observer(step, md)`` after the start (step 0) and after every step (tests record trajectories).
     """
@@ -815,10 +834,12 @@ def run_batched(
 
     def leave(system: int, reason: str | None, step: int) -> None:
         run = runs[system]
-        run.stop_reason = reason
+        run.end(reason)
         run.wall_s = time.perf_counter() - t0
         if on_steps is not None and run.steps_scheduled > step:
             on_steps(int(run.steps_scheduled - step))
+        if on_leave is not None:
+            on_leave(system, run)
 
     def settle(step: int) -> None:
         for system, reason in md.dropped:
@@ -967,11 +988,9 @@ def run_ase(
                 run.stop_reason = "non-finite"
                 break
     except CalculationFailed as exc:
-        run.stop_reason = stop_reason_of_error(str(exc))
+        run.end(stop_reason_of_error(str(exc)))
     except (np.linalg.LinAlgError, FloatingPointError, ValueError) as exc:
-        run.stop_reason = (
-            "non-finite" if "NaN" in str(exc) or "inf" in str(exc) else f"error: {one_line(exc)}"
-        )
+        run.end("non-finite" if "NaN" in str(exc) or "inf" in str(exc) else f"error: {one_line(exc)}")
     run.wall_s = time.perf_counter() - t0
     return run
 
@@ -988,9 +1007,9 @@ def _ensemble_columns() -> dict[str, str]:
         out[f"{ens}_completed_share"] = f"{name}: steps_completed / steps_scheduled (0..1)"
         out[f"{ens}_time_ps"] = f"{name}: simulated time reached, steps_completed x time step (ps)"
         out[f"{ens}_stop_reason"] = (
-            f"{name}: why the run stopped early: energy (|E - E_0|/N above the limit), kinetic (an atom's kinetic "
-            "energy above the limit), volume (NPT: V/V_0 out of range), non-finite, 'error: ...' (the model "
-            "failed); empty when it ran every step"
+            f"{name}: the instability that stopped the run early: energy (|E - E_0|/N above the limit), kinetic "
+            "(an atom's kinetic energy above the limit), volume (NPT: V/V_0 out of range), non-finite (energy, "
+            "forces or state); empty when it ran every step (a model that raised fails the row instead: error)"
         )
         out[f"{ens}_steps_per_second"] = (
             f"{name}: completed steps per wall second of the integrator the run was in (batched runs share a clock)"
@@ -1008,8 +1027,12 @@ class MDStability(Benchmark):
     potential, settings, atom_energies
         As :class:`~aloe.bench.base.Benchmark` (``atom_energies`` is not used).
     progress
-        Show the steps done in the terminal and the run log: ``True``, ``False``, or ``None`` (aloe's default:
-        shown when the CLI runs or on a terminal; see :func:`aloe.progress.progress_enabled`).
+        Called with the number of system-steps just done (a progress bar's ``update``; the caller owns the bar,
+        whose total is :meth:`progress_total`), or ``None``.
+
+    A structure's row is final, and handed to ``calc_many``'s ``done``, the moment its last run leaves the
+    integrator, not when its batch ends. A model that raises for a structure (an element it lacks, any error)
+    fails that structure's row with the message; its other ensembles are not run.
     """
 
     name: ClassVar[str] = "md"
@@ -1021,6 +1044,7 @@ class MDStability(Benchmark):
         "seed": "seed of the structure's start velocities (from settings.seed and the id)",
         "backend": "integrator: batched (aloe's) or ase (ASE's NPT/Langevin)",
     }
+    PROGRESS_UNIT: ClassVar[str | None] = "step"
 
     def __init__(
         self,
@@ -1028,7 +1052,7 @@ class MDStability(Benchmark):
         settings: AloeSettings | None = None,
         *,
         atom_energies: Mapping[str, float] | None = None,
-        progress: bool | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(potential, settings, atom_energies=atom_energies)
         self.progress = progress
@@ -1041,38 +1065,58 @@ class MDStability(Benchmark):
 
     @property
     def systems_per_integrator(self) -> int:
-        """``batch_systems``; 1 under ``auto`` for a model that predicts one structure per call."""
+        """``batch_systems``; 1 under ``auto`` for a model that predicts one structure per call, and for ``ase``."""
         from aloe.bench.base import has_batched_path
 
-        if self.settings.backend == "auto" and not has_batched_path(self.potential):
+        if self.backend == "ase" or (
+            self.settings.backend == "auto" and not has_batched_path(self.potential)
+        ):
             return 1
         return self.settings.batch_systems
+
+    def task_size(self) -> int:
+        """:attr:`systems_per_integrator`: a task is one integrator's batch."""
+        return self.systems_per_integrator
+
+    def coupled(self) -> bool:
+        """True when several systems share an integrator (and the model's forward passes)."""
+        return self.systems_per_integrator > 1
+
+    def progress_total(self, structures: Sequence[BenchStructure]) -> int:
+        """Steps of every run of ``structures`` (all ensembles): the total that :attr:`progress` counts to."""
+        return sum(self._scheduled(s.atoms) for s in structures)
 
     def _scheduled(self, atoms: Atoms) -> int:
         return steps_for(timestep_fs_for(atoms, self.settings), self.settings) * len(self.settings.ensembles)
 
+    def _steps_done(self, n: int) -> None:
+        if self.progress is not None and n > 0:
+            self.progress(int(n))
+
     def calc(self, structure: BenchStructure) -> dict[str, Any]:
-        """The row of one structure (both ensembles); raises for a structure it cannot start."""
+        """The row of one structure (every ensemble); raises for a structure it cannot start or a model error."""
         t0 = time.perf_counter()
         seed = structure_seed(self.settings.seed, structure.id)
         start = md_start(structure.atoms, self.settings, structure.id)
         row: dict[str, Any] = {**structure_columns(structure), "error": None}
-        with self._bar(self._scheduled(start)) as bar:
-            for ens in self.settings.ensembles:
-                if self.backend == "ase":
-                    run = run_ase(self.potential, start, ens, self.settings, seed=seed)
-                    bar.update(run.steps_scheduled)
-                else:
-                    run = run_batched(
-                        self.potential,
-                        [start],
-                        ens,
-                        self.settings,
-                        seeds=[seed],
-                        ids=[structure.id],
-                        on_steps=bar.update,
-                    )[0]
-                row.update(run.columns(ens))
+        for k, ens in enumerate(self.settings.ensembles):
+            if self.backend == "ase":
+                run = run_ase(self.potential, start, ens, self.settings, seed=seed)
+                self._steps_done(run.steps_scheduled)
+            else:
+                run = run_batched(
+                    self.potential,
+                    [start],
+                    ens,
+                    self.settings,
+                    seeds=[seed],
+                    ids=[structure.id],
+                    on_steps=self._steps_done,
+                )[0]
+            if run.error is not None:
+                self._steps_done(run.steps_scheduled * (len(self.settings.ensembles) - k - 1))
+                raise StructureFailed(f"{ens}: {run.error}")
+            row.update(run.columns(ens))
         row.update(self._extra(start, seed))
         row["wall_s"] = float(time.perf_counter() - t0)
         return row
@@ -1084,22 +1128,16 @@ class MDStability(Benchmark):
             "backend": self.backend,
         }
 
-    def _bar(self, total: int):
-        from aloe.progress import make_bar
-
-        return _Closing(
-            make_bar(enabled=self.progress, total=total, desc=f"md {self.potential.name}", unit="step")
-        )
-
     def calc_many(
         self,
         structures: Sequence[BenchStructure],
         done: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows of many structures: :attr:`systems_per_integrator` structures per integrator, both ensembles.
+        """Rows of many structures: :attr:`systems_per_integrator` structures per integrator, every ensemble.
 
-        Rows become final (and ``done(index, row)`` is called) batch by batch. A structure that cannot start, or
-        a batch whose integrator raises (then its structures are run one by one), never stops the others.
+        ``done(index, row)`` is called the moment a structure's row is final (its last run left the integrator,
+        or it failed). A structure that cannot start, or whose model raises, fails alone; a batch whose
+        integrator raises as a whole runs its unfinished structures one by one.
         """
         if self.backend == "ase":
             return super().calc_many(structures, done)
@@ -1115,51 +1153,66 @@ class MDStability(Benchmark):
             try:
                 starts[i] = md_start(structure.atoms, self.settings, structure.id)
             except Exception as exc:  # an unusable structure fails alone
+                self._steps_done(self._scheduled(structure.atoms))
                 finish(i, failure_row(structure, one_line(exc)))
-        total = sum(self._scheduled(a) for a in starts.values())
         order = list(starts)
         size = self.systems_per_integrator
-        with self._bar(total) as bar:
-            for k in range(0, len(order), size):
-                chunk = order[k : k + size]
-                t0 = time.perf_counter()
-                try:
-                    chunk_rows = self._run_chunk(
-                        [structures[i] for i in chunk], [starts[i] for i in chunk], bar
-                    )
-                except Exception:
-                    # A batch-wide failure (not one system's model error): run each structure alone to isolate it.
-                    chunk_rows = []
-                    for i in chunk:
-                        t1 = time.perf_counter()
-                        try:
-                            chunk_rows.extend(self._run_chunk([structures[i]], [starts[i]], bar))
-                        except Exception as exc:
-                            chunk_rows.append(
-                                failure_row(structures[i], one_line(exc), time.perf_counter() - t1)
-                            )
-                wall = (time.perf_counter() - t0) / len(chunk)
-                for i, row in zip(chunk, chunk_rows, strict=True):
-                    if not row.get("error"):  # a failure row keeps its own seconds
-                        row["wall_s"] = wall
-                    finish(i, row)
+        for k in range(0, len(order), size):
+            chunk = order[k : k + size]
+            try:
+                self._run_chunk(structures, chunk, starts, finish)
+            except Exception:
+                # A batch-wide failure (not one system's model error): run each unfinished structure alone.
+                for i in [i for i in chunk if rows[i] is None]:
+                    t1 = time.perf_counter()
+                    try:
+                        self._run_chunk(structures, [i], starts, finish)
+                    except Exception as exc:
+                        finish(i, failure_row(structures[i], one_line(exc), time.perf_counter() - t1))
         return [r for r in rows if r is not None]
 
     def _run_chunk(
-        self, structures: Sequence[BenchStructure], starts: Sequence[Atoms], bar: Any
-    ) -> list[dict]:
-        seeds = [structure_seed(self.settings.seed, s.id) for s in structures]
-        ids = [s.id for s in structures]
-        rows = [{**structure_columns(s), "error": None} for s in structures]
-        for ens in self.settings.ensembles:
-            runs = run_batched(
-                self.potential, starts, ens, self.settings, seeds=seeds, ids=ids, on_steps=bar.update
-            )
-            for row, run in zip(rows, runs, strict=True):
-                row.update(run.columns(ens))
-        for row, start, seed in zip(rows, starts, seeds, strict=True):
-            row.update(self._extra(start, seed))
-        return rows
+        self,
+        structures: Sequence[BenchStructure],
+        chunk: Sequence[int],
+        starts: Mapping[int, Atoms],
+        finish: Callable[[int, dict[str, Any]], None],
+    ) -> None:
+        """Every ensemble of the structures ``chunk`` (indices into ``structures``) in one integrator each."""
+        t0 = time.perf_counter()
+        seeds = {i: structure_seed(self.settings.seed, structures[i].id) for i in chunk}
+        rows = {i: {**structure_columns(structures[i]), "error": None} for i in chunk}
+        live = list(chunk)
+        ensembles = self.settings.ensembles
+        for e, ens in enumerate(ensembles):
+            members = list(live)
+            last = e == len(ensembles) - 1
+
+            def left(j: int, run: MDRun, members: list[int] = members, e: int = e, last: bool = last) -> None:
+                i = members[j]
+                ens = ensembles[e]
+                if run.error is not None:
+                    live.remove(i)
+                    self._steps_done(run.steps_scheduled * (len(ensembles) - e - 1))
+                    finish(i, failure_row(structures[i], f"{ens}: {run.error}", time.perf_counter() - t0))
+                    return
+                rows[i].update(run.columns(ens))
+                if last:
+                    rows[i].update(self._extra(starts[i], seeds[i]))
+                    rows[i]["wall_s"] = float((time.perf_counter() - t0) / len(chunk))
+                    finish(i, rows[i])
+
+            if members:
+                run_batched(
+                    self.potential,
+                    [starts[i] for i in members],
+                    ens,
+                    self.settings,
+                    seeds=[seeds[i] for i in members],
+                    ids=[structures[i].id for i in members],
+                    on_steps=self._steps_done,
+                    on_leave=left,
+                )
 
     @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -1185,19 +1238,6 @@ class MDStability(Benchmark):
             out[f"{ens}_survival_auc"] = float(np.sum((surv[1:] + surv[:-1]) * np.diff(x)) / 2.0)
             out[f"{ens}_steps_per_second_mean"] = float(speeds.mean())
         return out
-
-
-class _Closing:
-    """Closes a progress bar at the end of a ``with`` block (aloe's null bar has no context manager)."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def __enter__(self) -> Any:
-        return self.bar
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
 
 
 def _runs_of(rows: Sequence[Mapping[str, Any]], ensemble: str) -> list[Mapping[str, Any]]:

@@ -372,7 +372,7 @@ def _read_json(run: Any, name: str) -> dict[str, Any] | None:
 
 
 def _failure(ident: str, exc: BaseException) -> dict[str, Any]:
-    from aloe.bench.base import one_line
+    from aloe.errors import one_line
 
     return {"id": ident, "status": "failed", "kind": getattr(exc, "kind", "crashed"), "error": one_line(exc)}
 

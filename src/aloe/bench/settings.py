@@ -60,6 +60,18 @@ class BenchSettings(StageSettings):
     max_structures: int | None = Field(
         None, ge=1, description="Use at most this many structures per benchmark (the first ones of each set)."
     )
+    invalid_structures: Literal["refuse", "record"] = Field(
+        "refuse",
+        description="A structure no benchmark can treat (no atoms, NaN or infinite positions or cell, a cell of "
+        "zero volume, atoms closer than min_distance): 'refuse' stops before anything is written, with one line "
+        "naming the file and frame; 'record' makes it a failed row with the reason (never a score) and goes on.",
+    )
+    min_distance: float = Field(
+        0.5,
+        ge=0,
+        description="Two atoms closer than this (A, periodic images included) make a structure invalid "
+        "(coincident or overlapping atoms); 0 turns the check off.",
+    )
     atom_energies: str = Field(
         "reference",
         description="Isolated-atom energies for cohesive energies: 'reference' (the reference set's own, "
@@ -114,6 +126,8 @@ class BenchSettings(StageSettings):
     @field_validator("suite")
     @classmethod
     def _ordered(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"no benchmark given: name some of {', '.join(BENCHMARK_NAMES)}, or all")
         return [name for name in BENCHMARK_NAMES if name in value]
 
     @model_validator(mode="after")

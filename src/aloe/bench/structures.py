@@ -62,7 +62,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from aloe.bench.base import BenchStructure, ReferenceSet
-from aloe.errors import AloeError, InputFileError
+from aloe.errors import AloeError, InputFileError, exception_message
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -282,6 +282,7 @@ def random_mixtures(settings: MixtureSettings | None = None) -> list[BenchStruct
                 id=f"mixture-{k}-{atoms.get_chemical_formula(mode='metal')}",
                 atoms=atoms,
                 source="builtin:mixtures",
+                origin=f"builtin:mixtures: mixture {k}",
             )
         )
     return out
@@ -361,7 +362,10 @@ def elemental_crystals(symbols: Iterable[str] | None = None) -> list[BenchStruct
             if explicit:
                 raise
             continue  # a reference state ASE lists but cannot build on its own (Se: hcp with a basis)
-        out.append(BenchStructure(f"{symbol}-{atoms.info['symmetry']}", atoms, source="builtin:elements"))
+        ident = f"{symbol}-{atoms.info['symmetry']}"
+        out.append(
+            BenchStructure(ident, atoms, source="builtin:elements", origin=f"builtin:elements: {ident}")
+        )
     return out
 
 
@@ -393,7 +397,9 @@ def pymatgen_structures() -> list[BenchStructure]:
         except (ValueError, KeyError, TypeError):
             continue  # disordered (partial occupancy) or not a structure
         atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=pbc)
-        out.append(BenchStructure(f"pymatgen-{path.stem}", atoms, source="builtin:pymatgen"))
+        out.append(
+            BenchStructure(f"pymatgen-{path.stem}", atoms, source="builtin:pymatgen", origin=str(path))
+        )
     return out
 
 
@@ -427,11 +433,17 @@ def read_reference_set(spec: str | Path, *, mixtures: MixtureSettings | None = N
         raise AloeError(f"unknown built-in set {text!r} (choose from {', '.join(BUILTIN_SETS)})")
     path = Path(text).expanduser()
     if path.is_dir():
-        return _read_folder(path)
+        found = _read_folder(path)
+        if not found.structures:
+            raise InputFileError(path, "holds no structures")
+        return found
     if not path.exists():
         raise InputFileError(path, f"no such file or folder (nor a built-in set: {', '.join(BUILTIN_SETS)})")
     name = path.name.lower()
-    if name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz")):
+    if name.endswith(".jsonl") and is_structure_file(path):  # the structures an 'aloe bench' run kept
+        structures = read_structure_file(path)
+        functional = _common(s.atoms.info.get("functional") for s in structures)
+    elif name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz")):
         structures, functional = _read_documents(path)
     elif name.endswith((".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")):
         structures = _read_extxyz(path)
@@ -444,7 +456,150 @@ def read_reference_set(spec: str | Path, *, mixtures: MixtureSettings | None = N
             path,
             "cannot tell the format from the name (use .json[.gz], .jsonl[.gz], .xyz/.extxyz[.gz] or .db)",
         )
+    if not structures:
+        raise InputFileError(path, "holds no structures")
     return ReferenceSet(structures, functional=functional, name=str(path))
+
+
+# ---- checks and the lossless file of a run -------------------------------------------------------------------
+#: Tag on the first line of a structure file (:func:`write_structure_file`).
+STRUCTURE_FILE_FORMAT = "aloe-bench-structures/1"
+
+
+def structure_problem(atoms: Atoms, min_distance: float = 0.5) -> str | None:
+    """What makes ``atoms`` unusable for a benchmark, or ``None``.
+
+    No atoms, NaN or infinite positions, a cell that is not a usable periodic 3D cell (non-finite, zero or
+    vanishing volume; :func:`aloe.structures.cell_problem`), or two atoms closer than ``min_distance`` (A;
+    periodic images included, so an atom and its own image count too).
+    """
+    from ase.neighborlist import neighbor_list
+
+    from aloe.structures import cell_problem
+
+    if len(atoms) == 0:
+        return "structure has no atoms"
+    if not np.isfinite(np.asarray(atoms.positions, dtype=float)).all():
+        return "atomic positions hold NaN or infinite values"
+    problem = cell_problem(np.asarray(atoms.cell[:], dtype=float))
+    if problem is not None:
+        return problem
+    if min_distance > 0:
+        periodic = atoms.copy()
+        periodic.pbc = True
+        distances = neighbor_list("d", periodic, float(min_distance), self_interaction=False)
+        if len(distances):
+            return f"atoms {float(distances.min()):.3g} A apart (closer than min_distance {min_distance:g} A)"
+    return None
+
+
+def write_structure_file(path: str | Path, structures: Iterable[BenchStructure]) -> None:
+    """Write structures with their labels losslessly: JSON lines, every float as Python's shortest exact repr.
+
+    The first line is ``{"format": STRUCTURE_FILE_FORMAT, "count": n}``; then one object per structure with
+    ``id``, ``source``, ``origin``, ``numbers``, ``positions``, ``cell``, ``pbc``, ``masses`` (when set),
+    ``info`` (its JSON-able entries), ``energy``, ``forces`` and ``stress``. Reading it back
+    (:func:`read_structure_file`) gives bit-identical arrays, NaN included: a resumed benchmark computes from
+    exactly the numbers of the first run. Written atomically.
+    """
+    from aloe.data.formats import json_default
+    from aloe.runs import atomic_path
+
+    def plain(value: Any) -> Any:
+        return None if value is None else np.asarray(value, dtype=float).tolist()
+
+    lines = []
+    for s in structures:
+        info = {}
+        for key, value in s.atoms.info.items():
+            try:
+                info[str(key)] = json.loads(json.dumps(value, default=json_default))
+            except (TypeError, ValueError):
+                continue  # not JSON (an ASE object): the benchmarks do not read it
+        doc = {
+            "id": s.id,
+            "source": s.source,
+            "origin": s.origin,
+            "numbers": [int(z) for z in s.atoms.numbers],
+            "positions": plain(s.atoms.positions),
+            "cell": plain(s.atoms.cell[:]),
+            "pbc": [bool(p) for p in s.atoms.pbc],
+            "masses": plain(s.atoms.get_masses()) if s.atoms.has("masses") else None,
+            "info": info,
+            "energy": None if s.energy is None else float(s.energy),
+            "forces": plain(s.forces),
+            "stress": plain(s.stress),
+        }
+        lines.append(json.dumps(doc, default=json_default))
+    header = json.dumps({"format": STRUCTURE_FILE_FORMAT, "count": len(lines)})
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join([header, *lines]) + "\n")
+
+
+def is_structure_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file of :func:`write_structure_file` (its first line carries the format tag)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline(4096)
+        return json.loads(first).get("format") == STRUCTURE_FILE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_structure_file(path: str | Path) -> list[BenchStructure]:
+    """The structures of a :func:`write_structure_file` file, exactly as written.
+
+    Raises
+    ------
+    InputFileError
+        A file that is not one, is cut short, or holds a bad line (named).
+    """
+    from ase import Atoms
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"not readable ({exception_message(exc)})") from None
+    try:
+        header = json.loads(text[0]) if text else {}
+    except ValueError:
+        header = {}
+    if not isinstance(header, dict) or header.get("format") != STRUCTURE_FILE_FORMAT:
+        raise InputFileError(path, f"not an aloe bench structure file (no {STRUCTURE_FILE_FORMAT!r} header)")
+    out = []
+    for k, line in enumerate(text[1:]):
+        try:
+            doc = json.loads(line)
+            atoms = Atoms(
+                numbers=doc["numbers"],
+                positions=np.array(doc["positions"], dtype=float).reshape(-1, 3),
+                cell=np.array(doc["cell"], dtype=float).reshape(3, 3),
+                pbc=doc["pbc"],
+            )
+            if doc.get("masses") is not None:
+                atoms.set_masses(np.array(doc["masses"], dtype=float))
+            atoms.info = dict(doc.get("info") or {})
+            out.append(
+                BenchStructure(
+                    id=str(doc["id"]),
+                    atoms=atoms,
+                    energy=None if doc.get("energy") is None else float(doc["energy"]),
+                    forces=_float_array(doc.get("forces"), (-1, 3)),
+                    stress=_float_array(doc.get("stress"), (6,)),
+                    source=str(doc.get("source") or ""),
+                    origin=str(doc.get("origin") or ""),
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputFileError(path, f"structure {k}: {exception_message(exc)}") from None
+    if len(out) != header.get("count"):
+        raise InputFileError(path, f"holds {len(out)} structures, its header says {header.get('count')}")
+    return out
+
+
+def _float_array(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    return None if value is None else np.array(value, dtype=float).reshape(shape)
 
 
 def split_roles(reference_set: ReferenceSet) -> tuple[list[BenchStructure], list[BenchStructure]]:
@@ -574,7 +729,7 @@ def _mapping_entries(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         with opener(path, "rt", encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, EOFError, ValueError) as exc:
-        raise InputFileError(path, f"not readable as JSON ({str(exc).splitlines()[0][:200]})") from None
+        raise InputFileError(path, f"not readable as JSON ({exception_message(exc)})") from None
     if not isinstance(data, dict):
         raise InputFileError(
             path, f"expected a list of documents or a mapping id -> entry, got {type(data).__name__}"
@@ -605,7 +760,7 @@ def _from_document(path: Path, k: int, doc: Any, ids: _Ids, key: str | None) -> 
         cell, symbols, positions, pbc = structure_arrays(structure)
         atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=pbc)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise InputFileError(path, f"{where}: bad 'structure' ({_phrase(exc)})") from None
+        raise InputFileError(path, f"{where}: bad 'structure' ({exception_message(exc)})") from None
     n = len(atoms)
     energy = None
     if _is_number(doc.get("energy")):
@@ -629,7 +784,7 @@ def _from_document(path: Path, k: int, doc: Any, ids: _Ids, key: str | None) -> 
         try:
             stress = stress_from_kbar(_voigt(doc["stress"]))
         except (TypeError, ValueError) as exc:
-            raise InputFileError(path, f"{where}: bad 'stress' ({_phrase(exc)})") from None
+            raise InputFileError(path, f"{where}: bad 'stress' ({exception_message(exc)})") from None
     sources = [doc] if key is None else [doc, {"id": key}]
     for name, value in doc.items():
         if (
@@ -638,12 +793,9 @@ def _from_document(path: Path, k: int, doc: Any, ids: _Ids, key: str | None) -> 
             and not name.startswith("@")
         ):
             atoms.info[name] = value
-    return BenchStructure(ids(sources, k), atoms, energy, forces, stress, source=str(path))
-
-
-def _phrase(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:200] if text else type(exc).__name__) or type(exc).__name__
+    return BenchStructure(
+        ids(sources, k), atoms, energy, forces, stress, source=str(path), origin=f"{path}: {where}"
+    )
 
 
 # -- extxyz --
@@ -662,7 +814,9 @@ def _read_extxyz(path: Path, role: str | None = None) -> list[BenchStructure]:
         except StopIteration:
             break
         except (EOFError, OSError) as exc:
-            raise InputFileError(path, f"frame {k}: truncated or unreadable ({_phrase(exc)})") from None
+            raise InputFileError(
+                path, f"frame {k}: truncated or unreadable ({exception_message(exc)})"
+            ) from None
         except Exception as exc:
             raise InputFileError(path, f"frame {k}: {read_problem(exc, 'extxyz')}") from None
         out.append(_from_atoms(path, f"frame {k}", k, atoms, ids, role))
@@ -697,7 +851,7 @@ def _from_atoms(
                 raise ValueError(f"forces have shape {forces.shape}, expected ({n}, 3)")
         stress = None if stress is None else _voigt(stress)
     except (TypeError, ValueError) as exc:
-        raise InputFileError(path, f"{where}: {_phrase(exc)}") from None
+        raise InputFileError(path, f"{where}: {exception_message(exc)}") from None
     if energy is not None and not math.isfinite(energy):
         raise InputFileError(path, f"{where}: energy is not finite")
     plain = atoms.copy()
@@ -713,7 +867,7 @@ def _from_atoms(
         sources.append(plain.info["data"])
     source = str(plain.info.get("source") or path) if role is None else str(path)
     ident = ids(sources, k) if ids is not None else ""
-    return BenchStructure(ident, plain, energy, forces, stress, source=source)
+    return BenchStructure(ident, plain, energy, forces, stress, source=source, origin=f"{path}: {where}")
 
 
 # -- ASE database --
@@ -731,7 +885,7 @@ def _read_db(path: Path) -> list[BenchStructure]:
             try:
                 atoms = row.toatoms()
             except Exception as exc:
-                raise InputFileError(path, f"{where}: {_phrase(exc)}") from None
+                raise InputFileError(path, f"{where}: {exception_message(exc)}") from None
             data = row.get("data") or {}
             sources: list[Mapping[str, Any]] = [dict(row.key_value_pairs)]
             if isinstance(data, Mapping) and isinstance(data.get("record"), Mapping):
@@ -745,7 +899,7 @@ def _read_db(path: Path) -> list[BenchStructure]:
                     structure.atoms.info[key] = value
             out.append(structure)
     except sqlite3.DatabaseError as exc:
-        raise InputFileError(path, f"not a readable ASE database ({_phrase(exc)})") from None
+        raise InputFileError(path, f"not a readable ASE database ({exception_message(exc)})") from None
     return out
 
 
@@ -804,7 +958,7 @@ def _read_reference_folder(path: Path) -> ReferenceSet:
         try:
             data = json.loads(energies_file.read_text())
         except ValueError as exc:
-            raise InputFileError(energies_file, f"not JSON ({_phrase(exc)})") from None
+            raise InputFileError(energies_file, f"not JSON ({exception_message(exc)})") from None
         table = data.get("energies") if isinstance(data, dict) else None
         if not isinstance(table, dict) or not all(_is_number(v) for v in table.values()):
             raise InputFileError(energies_file, "expected 'energies': {symbol: energy in eV}")
@@ -821,13 +975,18 @@ __all__ = [
     "ELEMENT_SYMMETRIES",
     "REFERENCE_VERB",
     "ROLE_KEY",
+    "STRUCTURE_FILE_FORMAT",
     "SUPERCELLS_FILE",
     "MixtureSettings",
     "atomic_volume",
     "elemental_crystal",
     "elemental_crystals",
+    "is_structure_file",
     "pymatgen_structures",
     "random_mixtures",
     "read_reference_set",
+    "read_structure_file",
     "split_roles",
+    "structure_problem",
+    "write_structure_file",
 ]
