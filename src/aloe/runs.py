@@ -17,6 +17,7 @@ run folder another process works in ("run folder X in use by process N"). The lo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import re
@@ -87,14 +88,38 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def slug(text: str, length: int = 48, identity: str | None = None) -> str:
+    """A file-name-safe, unique key of ``text``: its readable part and a short hash.
+
+    Parameters
+    ----------
+    text
+        What the name shows: characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``, the
+        result is cut to ``length`` characters (``x`` when nothing is left).
+    length
+        Most characters of the readable part.
+    identity
+        What the hash (8 hex digits of SHA-1) makes unique; ``text`` by default.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:length] or "x"
+    digest = hashlib.sha1((text if identity is None else identity).encode()).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
 def plain_data(value: Any) -> Any:
-    """``value`` in plain YAML/JSON types (lists, Python numbers, strings; non-finite floats become ``None``)."""
+    """``value`` in plain YAML/JSON types (lists, Python numbers, strings; non-finite floats become ``None``).
+
+    Dicts (keys as strings), lists, tuples and numpy arrays become dicts and lists; numpy scalars Python numbers;
+    paths strings.
+    """
     import math
 
     import numpy as np
 
     if isinstance(value, dict):
         return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, list | tuple):
         return [plain_data(v) for v in value]
     if isinstance(value, np.generic):

@@ -17,7 +17,7 @@ the backward pass); the default calls :meth:`Potential._predict_batch`, so every
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,25 @@ class Predictions:
             forces=np.full((n, 3), np.nan),
             stress=np.full((m, 6), np.nan),
             errors=["not evaluated"] * m,
+        )
+
+    def take(self, rows: Sequence[int], batch: StructureBatch) -> Predictions:
+        """The predictions of some structures of ``batch`` (their rows, in the order given; copies).
+
+        Parameters
+        ----------
+        rows
+            Row indices into ``batch`` (the batch these predictions were made for).
+        batch
+            That batch (its offsets locate each structure's atoms).
+        """
+        rows = [int(r) for r in rows]
+        forces = [self.forces[batch.atom_slice(r)] for r in rows]
+        return Predictions(
+            energy=self.energy[rows].copy(),
+            forces=np.concatenate(forces).reshape(-1, 3) if forces else np.zeros((0, 3)),
+            stress=self.stress[rows].reshape(-1, 6).copy(),
+            errors=[self.errors[r] for r in rows],
         )
 
 
