@@ -455,11 +455,13 @@ def test_aggregate_and_survival_curve() -> None:
     assert metrics["nvt_completed_share_mean"] == pytest.approx(0.5)
     assert metrics["nvt_survived_share"] == pytest.approx(1 / 3)
     assert metrics["nvt_steps_per_second_mean"] == pytest.approx(20.0)
-    assert 0.0 <= metrics["nvt_survival_auc"] <= 1.0
-    assert metrics["nvt_survival_auc"] == pytest.approx(0.5, abs=0.01)
+    # the AUC is the area of the one exact survival curve (the figure's): the mean completed share
+    assert metrics["nvt_survival_auc"] == pytest.approx(0.5, abs=1e-12)
     assert "npt_completed_share_mean" not in metrics
     x, surv = survival_curve(rows, "nvt", n_points=11)
     assert x.shape == surv.shape == (11,) and x[0] == 0.0 and x[-1] == 1.0
-    assert surv[0] == 1.0 and surv[-1] == pytest.approx(1 / 3) and np.all(np.diff(surv) <= 0)
+    # run c completed no step: not alive past the start (the figure's convention, one curve for both)
+    assert surv[0] == pytest.approx(2 / 3) and surv[-1] == pytest.approx(1 / 3) and np.all(np.diff(surv) <= 0)
+    assert surv[5] == pytest.approx(1 / 3) and surv[4] == pytest.approx(2 / 3)  # b stops at 0.5
     assert np.isnan(survival_curve(rows, "npt")[1]).all()
     assert MDStability.aggregate([_row("a", 1.0)])["nvt_survival_auc"] == pytest.approx(1.0)

@@ -148,6 +148,13 @@ def test_two_iterations_end_to_end_with_emt_and_tiny_mace(tmp_path, proto_dir):
     assert set(summary["bench"]) == {"committee 0", "committee 1", "committee 2"}
     table = (run / "bench_iterations.csv").read_text().splitlines()
     assert len(table) == 1 + 3 + 2 + 2  # header, then one row per committee member
+    # one long table of every committee's metrics, read from each bench run's own (not from its summary)
+    import pyarrow.parquet as pq
+
+    long = pq.read_table(run / "bench_metrics.parquet").to_pylist()
+    members = {(r["group"], r["member"], r["potential"]) for r in long}
+    assert {g for g, _, _ in members} == {"committee 0", "committee 1", "committee 2"}
+    assert len(members) == 3 + 2 + 2
     assert "Benchmarks of every committee" in report
     # running again on the finished folder does nothing new
     again = run_loop(config)

@@ -13,17 +13,29 @@ The relaxations go through :func:`aloe.potentials.calculator.calculator_for`, so
 
 from __future__ import annotations
 
-import hashlib
+import json
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from aloe.bench.base import Benchmark, BenchStructure, ok_rows, structure_columns
+from aloe.bench.base import (
+    COUNT_FORMAT,
+    COUNT_HEADLINES,
+    Benchmark,
+    BenchStructure,
+    Headline,
+    ReferenceSet,
+    potential_label,
+    structure_columns,
+    structure_seed,
+)
+from aloe.errors import AloeError, InputFileError, exception_message
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -61,12 +73,6 @@ class EquilibriumSettings(AloeSettings):
 
 
 # ---- pure helpers -------------------------------------------------------------------------------------------
-def structure_seed(seed: int, structure_id: str) -> int:
-    """A 64-bit seed from the settings' seed and a structure's id (independent of order and batching)."""
-    digest = hashlib.sha256(f"{int(seed)}:{structure_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 def displace_sites(atoms: Atoms, distance: float, rng: np.random.Generator) -> Atoms:
     """A copy with every site moved by ``distance`` (A) in a uniformly random direction (normalised Gaussian)."""
     directions = rng.standard_normal((len(atoms), 3))
@@ -110,6 +116,48 @@ def shipped_atom_energies(name: str = "matpes-r2scan") -> dict[str, float]:
     from aloe.data.stats import isolated_atom_energies
 
     return dict(isolated_atom_energies()[SHIPPED_ATOM_ENERGIES[name]])
+
+
+def atom_energies_for(choice: str, reference: ReferenceSet | None) -> tuple[dict[str, float], str]:
+    """Isolated-atom energies for cohesive energies, and where they come from.
+
+    ``reference``: the reference set's own (its labeler's), else MatPES r2SCAN; ``matpes-r2scan`` /
+    ``matpes-pbe``: the published MatPES values; anything else: a JSON file ``{symbol: eV}`` (or an
+    ``atom_energies.json`` of ``aloe bench reference`` with an ``energies`` key).
+    """
+    if choice == "reference":
+        if reference is not None and reference.atom_energies:
+            return dict(reference.atom_energies), f"reference set ({reference.functional or 'its labeler'})"
+        choice = "matpes-r2scan"
+    if choice in SHIPPED_ATOM_ENERGIES:
+        return shipped_atom_energies(choice), f"MatPES {SHIPPED_ATOM_ENERGIES[choice]} (published)"
+    path = Path(choice)
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise InputFileError(path, "atom energies: no such file") from None
+    except ValueError as exc:
+        raise InputFileError(path, f"atom energies: not JSON ({exception_message(exc)})") from None
+    if isinstance(data, dict) and isinstance(data.get("energies"), dict):
+        data = data["energies"]
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+        raise InputFileError(path, "atom energies: expected an object {symbol: energy in eV}")
+    return {str(k): float(v) for k, v in data.items()}, str(path)
+
+
+def potential_atom_energies_for(spec: str, choice: str | Mapping[str, str]) -> dict[str, float] | None:
+    """The isolated-atom energies on ``spec``'s own energy scale, or ``None`` for the reference's (``same``).
+
+    ``choice`` is the bench setting ``potential_atom_energies``: one choice for every potential, or a mapping
+    from a potential (its spec or its label) to one.
+    """
+    if isinstance(choice, Mapping):
+        choice = choice.get(spec, choice.get(potential_label(spec), "same"))
+    if choice == "same":
+        return None
+    if choice == "reference":
+        raise AloeError("potential_atom_energies: use 'same' for the reference's isolated-atom energies")
+    return atom_energies_for(choice, None)[0]
 
 
 @cache
@@ -193,6 +241,20 @@ class Equilibrium(Benchmark):
     name: ClassVar[str] = "equilibrium"
     settings_model: ClassVar[type[AloeSettings]] = EquilibriumSettings
     needs: ClassVar[str] = "energy"
+    needs_reference: ClassVar[bool] = True
+    needs_atom_energies: ClassVar[bool] = True
+    CHEAP_SETTINGS: ClassVar[dict[str, Any]] = {"compute_fingerprint": False, "max_steps": 8}
+    run_priority: ClassVar[int] = 2
+    HEADLINES: ClassVar[tuple[Headline, ...]] = (
+        *COUNT_HEADLINES,
+        Headline(("e_coh_mae",), "E_coh MAE (meV/atom)", 1000.0, "{:.1f}"),
+        Headline(("e_coh_std",), "E_coh std (meV/atom)", 1000.0, "{:.1f}"),
+        Headline(("e_coh_mean_error",), "E_coh mean error (meV/atom)", 1000.0, "{:.1f}"),
+        Headline(("fingerprint_distance_mean",), "FP distance mean", 1.0, "{:.3f}"),
+        Headline(("fingerprint_distance_median",), "FP distance median", 1.0, "{:.3f}"),
+        Headline(("n_unconverged",), "unconverged", 1.0, COUNT_FORMAT),
+    )
+    FIGURES: ClassVar[str | None] = "equilibrium_figures"
     COLUMNS: ClassVar[dict[str, str]] = {
         "e_coh_ref": "reference cohesive energy (E_ref - sum of isolated-atom energies) / N (eV/atom)",
         "e_coh_pred": "cohesive energy of the relaxed structure: the same isolated-atom energies, or the "
@@ -223,6 +285,27 @@ class Equilibrium(Benchmark):
         self.potential_atom_energies = (
             dict(potential_atom_energies) if potential_atom_energies is not None else None
         )
+
+    @classmethod
+    def for_stage(
+        cls, potential: Any, settings: Any, *, spec: str, atom_energies: Mapping[str, float] | None
+    ) -> Equilibrium:
+        """As the base class, plus the potential's own isolated atoms (``potential_atom_energies``)."""
+        return cls(
+            potential,
+            settings.equilibrium,
+            atom_energies=atom_energies,
+            potential_atom_energies=potential_atom_energies_for(spec, settings.potential_atom_energies),
+        )
+
+    @classmethod
+    def select_structures(
+        cls, settings: Any, reference: ReferenceSet | None, read: Callable[[str], ReferenceSet]
+    ) -> list[BenchStructure]:
+        """The reference set's relaxed crystals (every structure with a reference energy, without roles)."""
+        from aloe.bench.structures import reference_role
+
+        return reference_role(cls.name, reference, "crystals")
 
     def energies_of_atoms(self) -> dict[str, float]:
         """The isolated-atom energies in use (eV per element symbol)."""
@@ -301,28 +384,25 @@ class Equilibrium(Benchmark):
         }
 
     @classmethod
-    def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def metrics(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Cohesive-energy errors and fingerprint distances over the successful rows (unconverged ones included).
 
         Returns
         -------
         dict
-            ``n``, ``n_failed``, ``n_unconverged``, ``e_coh_mae``, ``e_coh_std`` (population standard deviation of
-            the errors), ``e_coh_mean_error`` (eV/atom), ``fingerprint_distance_mean`` and ``_median`` (rows with
-            a distance); ``None`` where there is nothing to average.
+            ``n_unconverged``, ``e_coh_mae``, ``e_coh_std`` (population standard deviation of the errors),
+            ``e_coh_mean_error`` (eV/atom), ``fingerprint_distance_mean`` and ``_median`` (rows with a distance);
+            ``None`` where there is nothing to average.
         """
-        good = ok_rows(rows)
-        errors = np.array([float(r["e_coh_error"]) for r in good], dtype=float)
+        errors = np.array([float(r["e_coh_error"]) for r in rows], dtype=float)
         distances = np.array(
-            [float(r["fingerprint_distance"]) for r in good if r.get("fingerprint_distance") is not None],
+            [float(r["fingerprint_distance"]) for r in rows if r.get("fingerprint_distance") is not None],
             dtype=float,
         )
         distances = distances[np.isfinite(distances)]
         has = errors.size > 0
         return {
-            "n": len(rows),
-            "n_failed": len(rows) - len(good),
-            "n_unconverged": sum(1 for r in good if not r.get("converged")),
+            "n_unconverged": sum(1 for r in rows if not r.get("converged")),
             "e_coh_mae": float(np.mean(np.abs(errors))) if has else None,
             "e_coh_std": float(np.std(errors)) if has else None,
             "e_coh_mean_error": float(np.mean(errors)) if has else None,
@@ -335,9 +415,11 @@ __all__ = [
     "SHIPPED_ATOM_ENERGIES",
     "Equilibrium",
     "EquilibriumSettings",
+    "atom_energies_for",
     "cohesive_energy_per_atom",
     "displace_sites",
     "fingerprint_distance",
+    "potential_atom_energies_for",
     "relax",
     "shipped_atom_energies",
     "structure_fingerprint",

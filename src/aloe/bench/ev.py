@@ -13,27 +13,36 @@ by volume and the middle point (index ``len // 2``) as reference:
   the energy rises steadily on compression), compression-derivative (midpoint volumes against the energy
   differences, below the middle; +1 for a convex branch) and tension-energy (the middle point and above; +1).
 
-The scan is batched: :meth:`EVScan.calc_many` puts every point of many structures into one
-:class:`~aloe.structures.StructureBatch` and calls the potential once per chunk of structures, through
-:meth:`~aloe.potentials.base.Potential.predict_energies`: the scan needs energies only, so a model skips its
-forces and stress (for CHGNet the backward pass).
+The scan is batched: the base class's :meth:`~aloe.bench.base.Benchmark.calc_many` puts every point of many
+structures into one :class:`~aloe.structures.StructureBatch` and calls the potential once per chunk of structures,
+through :meth:`~aloe.potentials.base.Potential.predict_energies` (:meth:`EVScan.predict`): the scan needs energies
+only, so a model skips its forces and stress (for CHGNet the backward pass).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, structure_columns
-from aloe.errors import one_line
+from aloe.bench.base import (
+    COUNT_HEADLINES,
+    Benchmark,
+    BenchStructure,
+    Headline,
+    ReferenceSet,
+    StructureFailed,
+    structure_columns,
+)
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
     from ase import Atoms
+
+    from aloe.potentials.base import Predictions
+    from aloe.structures import StructureBatch
 
 
 class EVSettings(AloeSettings):
@@ -230,6 +239,34 @@ class EVScan(Benchmark):
     name: ClassVar[str] = "ev"
     settings_model: ClassVar[type[AloeSettings]] = EVSettings
     needs: ClassVar[str] = "nothing"
+    run_priority: ClassVar[int] = 0
+    BATCHED: ClassVar[bool] = True
+    INPUT_FAILURE: ClassVar[str] = "cannot build EV points: "
+    CHEAP_SETTINGS: ClassVar[dict[str, Any]] = {"n_points": 9}
+    HEADLINES: ClassVar[tuple[Headline, ...]] = (
+        *COUNT_HEADLINES,
+        Headline(("failure_rate",), "failure rate (%)", 100.0, "{:.1f}"),
+        Headline(("no_minimum_rate",), "no minimum (%)", 100.0, "{:.1f}"),
+        Headline(("flips_minus_one_abs_mean",), "mean abs(flips-1)", 1.0, "{:.3f}"),
+        Headline(("flips_mean",), "mean flips", 1.0, "{:.2f}"),
+        Headline(("tortuosity_mean",), "tortuosity", 1.0, "{:.3f}"),
+        Headline(
+            ("spearman_compression_energy_mean", "spearman_compression_energy"),
+            "Spearman compr. E",
+            1.0,
+            "{:.3f}",
+        ),
+        Headline(
+            ("spearman_compression_derivative_mean", "spearman_compression_derivative"),
+            "Spearman compr. dE",
+            1.0,
+            "{:.3f}",
+        ),
+        Headline(
+            ("spearman_tension_energy_mean", "spearman_tension_energy"), "Spearman tension E", 1.0, "{:.3f}"
+        ),
+    )
+    FIGURES: ClassVar[str | None] = "ev_figures"
     COLUMNS: ClassVar[dict[str, str]] = {
         "strains": "linear strains s of the points (cell scaled by 1 + s), sorted by volume (dimensionless)",
         "volumes": "volume per atom of each point, sorted (A^3/atom)",
@@ -245,6 +282,19 @@ class EVScan(Benchmark):
     }
 
     settings: EVSettings
+
+    @classmethod
+    def select_structures(
+        cls, settings: Any, reference: ReferenceSet | None, read: Callable[[str], ReferenceSet]
+    ) -> list[BenchStructure]:
+        """``ev_structures``; else the reference set's crystals (all of it without roles); else builtin:elements."""
+        from aloe.bench.structures import split_roles
+
+        if settings.ev_structures:
+            return read(settings.ev_structures).structures
+        if reference is not None:
+            return split_roles(reference)[0] or reference.structures
+        return read("builtin:elements").structures
 
     def task_size(self) -> int:
         """``batch_structures``: the structures whose points share prediction calls."""
@@ -280,13 +330,13 @@ class EVScan(Benchmark):
 
         Raises
         ------
-        RuntimeError
+        StructureFailed
             When a point failed (the message names the first one).
         """
         strains = self.strains()
         for k, reason in enumerate(errors):
             if reason is not None:
-                raise RuntimeError(
+                raise StructureFailed(
                     f"EV point {k} (strain {strains[k]:+.3f}, volume {(1 + strains[k]) ** 3:.3f} V0) failed: {reason}"
                 )
         n = structure.n_atoms
@@ -303,104 +353,47 @@ class EVScan(Benchmark):
             **ev_metrics(volumes, per_atom, self.settings.max_flips),
         }
 
-    def calc(self, structure: BenchStructure) -> dict[str, Any]:
-        """Scan one structure (one prediction call for its points)."""
-        from aloe.structures import StructureBatch, cell_problem
+    def inputs(self, structure: BenchStructure) -> list[Atoms]:
+        """The scan's points of ``structure`` (ascending volume); raises for a cell that cannot be scanned."""
+        from aloe.structures import cell_problem
 
         problem = cell_problem(np.asarray(structure.atoms.cell[:], dtype=float))
         if problem is not None:
             raise ValueError(problem)
-        points = self.points(structure)
-        pred = self.potential.predict_energies(
-            StructureBatch.from_atoms(points, ids=[structure.id] * len(points))
-        )
-        return self.row(structure, pred.energy, pred.errors)
+        return self.points(structure)
 
-    def calc_many(
-        self,
-        structures: Sequence[BenchStructure],
-        done: Callable[[int, dict[str, Any]], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Rows of many structures: the points of ``batch_structures`` structures go into one prediction call.
+    def predict(self, batch: StructureBatch) -> Predictions:
+        """Energies only: the scan needs no forces or stress (a model skips them: for CHGNet the backward pass)."""
+        return self.potential.predict_energies(batch)
 
-        ``wall_s`` of a row is its share of the chunk's time, in proportion to its atoms (the cost of a point
-        grows with its atoms). A structure whose points cannot be built or predicted gets a failure row; the
-        others of its chunk are unaffected.
-        """
-        from aloe.structures import StructureBatch, cell_problem
-
-        rows: list[dict[str, Any] | None] = [None] * len(structures)
-        chunk = self.settings.batch_structures
-        for start in range(0, len(structures), chunk):
-            t0 = time.perf_counter()
-            members: list[int] = []
-            atoms_list: list[Atoms] = []
-            ids: list[str] = []
-            build_time: dict[int, float] = {}
-            for index in range(start, min(start + chunk, len(structures))):
-                structure = structures[index]
-                t_build = time.perf_counter()
-                try:
-                    problem = cell_problem(np.asarray(structure.atoms.cell[:], dtype=float))
-                    if problem is not None:
-                        raise ValueError(problem)
-                    points = self.points(structure)
-                    StructureBatch.from_atoms(points)  # a structure that cannot be batched fails alone
-                except Exception as exc:
-                    rows[index] = failure_row(
-                        structure, f"cannot build EV points: {one_line(exc)}", time.perf_counter() - t_build
-                    )
-                    build_time[index] = time.perf_counter() - t_build
-                    continue
-                members.append(index)
-                atoms_list.extend(points)
-                ids.extend([f"{structure.id}#ev{k}" for k in range(len(points))])
-            if members:
-                pred = self.potential.predict_energies(StructureBatch.from_atoms(atoms_list, ids=ids))
-            elapsed = time.perf_counter() - t0 - sum(build_time.values())
-            weights = np.array([structures[i].n_atoms for i in members], dtype=float)
-            shares = elapsed * weights / weights.sum() if members else []
-            p = self.settings.n_points
-            for k, index in enumerate(members):
-                structure = structures[index]
-                sl = slice(k * p, (k + 1) * p)
-                try:
-                    row = self.row(structure, pred.energy[sl], pred.errors[sl])
-                except Exception as exc:  # one structure never stops the benchmark
-                    row = failure_row(structure, str(exc) if isinstance(exc, RuntimeError) else one_line(exc))
-                row["wall_s"] = float(shares[k])
-                rows[index] = row
-            for index in range(start, min(start + chunk, len(structures))):
-                if done is not None:
-                    done(index, rows[index])  # type: ignore[arg-type]
-        return [r for r in rows if r is not None]
+    def row_from(self, structure: BenchStructure, predictions: Predictions) -> dict[str, Any]:
+        """The row of one structure from the predictions of its points."""
+        return self.row(structure, predictions.energy, predictions.errors)
 
     @classmethod
-    def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Counts and rates over the scans of one potential.
+    def metrics(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Rates and means over the successful scans of one potential.
 
         Returns
         -------
         dict
-            ``n``, ``n_failed`` (rows with an error), then over the other rows: ``failure_rate`` (share with more
-            than ``max_flips`` flips), ``no_minimum_rate``, ``flips_mean``, ``flips_minus_one_abs_mean`` (MLIP
-            Arena's ranking: mean ``|flips - 1|``), ``tortuosity_mean`` and the means of the three Spearman
-            columns (NaN entries skipped). Rates and means are ``None`` when no row succeeded.
+            ``failure_rate`` (share with more than ``max_flips`` flips), ``no_minimum_rate``, ``flips_mean``,
+            ``flips_minus_one_abs_mean`` (MLIP Arena's ranking: mean ``|flips - 1|``), ``tortuosity_mean`` and the
+            means of the three Spearman columns (NaN entries skipped). Rates and means are ``None`` without rows.
         """
-        good = ok_rows(rows)
-        out: dict[str, Any] = {"n": len(rows), "n_failed": len(rows) - len(good)}
-        flips = np.array([int(r["flips"]) for r in good], dtype=float)
-        out["failure_rate"] = float(np.mean([bool(r["failed"]) for r in good])) if good else None
-        out["no_minimum_rate"] = float(np.mean([bool(r["no_minimum"]) for r in good])) if good else None
-        out["flips_mean"] = float(flips.mean()) if good else None
-        out["flips_minus_one_abs_mean"] = float(np.abs(flips - 1).mean()) if good else None
-        out["tortuosity_mean"] = _finite_mean([r.get("tortuosity") for r in good])
+        out: dict[str, Any] = {}
+        flips = np.array([int(r["flips"]) for r in rows], dtype=float)
+        out["failure_rate"] = float(np.mean([bool(r["failed"]) for r in rows])) if rows else None
+        out["no_minimum_rate"] = float(np.mean([bool(r["no_minimum"]) for r in rows])) if rows else None
+        out["flips_mean"] = float(flips.mean()) if rows else None
+        out["flips_minus_one_abs_mean"] = float(np.abs(flips - 1).mean()) if rows else None
+        out["tortuosity_mean"] = _finite_mean([r.get("tortuosity") for r in rows])
         for column in (
             "spearman_compression_energy",
             "spearman_compression_derivative",
             "spearman_tension_energy",
         ):
-            out[f"{column}_mean"] = _finite_mean([r.get(column) for r in good])
+            out[f"{column}_mean"] = _finite_mean([r.get(column) for r in rows])
         return out
 
 

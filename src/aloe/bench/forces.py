@@ -14,19 +14,28 @@ The builders (:func:`make_supercell`, :func:`average_nearest_neighbour_distance`
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from aloe.bench.base import Benchmark, BenchStructure, failure_row, ok_rows, structure_columns
-from aloe.errors import one_line
+from aloe.bench.base import (
+    COUNT_FORMAT,
+    COUNT_HEADLINES,
+    Benchmark,
+    BenchStructure,
+    Headline,
+    ReferenceSet,
+    StructureFailed,
+    structure_columns,
+)
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
     from ase import Atoms
+
+    from aloe.potentials.base import Predictions
 
 
 class ForcesSettings(AloeSettings):
@@ -238,6 +247,17 @@ class ForceParity(Benchmark):
     name: ClassVar[str] = "forces"
     settings_model: ClassVar[type[AloeSettings]] = ForcesSettings
     needs: ClassVar[str] = "forces"
+    needs_reference: ClassVar[bool] = True
+    run_priority: ClassVar[int] = 1
+    BATCHED: ClassVar[bool] = True
+    HEADLINES: ClassVar[tuple[Headline, ...]] = (
+        *COUNT_HEADLINES,
+        Headline(("n_components",), "components", 1.0, COUNT_FORMAT),
+        Headline(("force_mae",), "force MAE (meV/A)", 1000.0, "{:.1f}"),
+        Headline(("force_rmse",), "force RMSE (meV/A)", 1000.0, "{:.1f}"),
+        Headline(("softening_slope",), "softening slope", 1.0, "{:.3f}"),
+    )
+    FIGURES: ClassVar[str | None] = "forces_figures"
     COLUMNS: ClassVar[dict[str, str]] = {
         "forces_ref": "reference force components, flattened atom by atom (x, y, z) (eV/A)",
         "forces_pred": "predicted force components, same order (eV/A)",
@@ -247,6 +267,15 @@ class ForceParity(Benchmark):
     }
 
     settings: ForcesSettings
+
+    @classmethod
+    def select_structures(
+        cls, settings: Any, reference: ReferenceSet | None, read: Callable[[str], ReferenceSet]
+    ) -> list[BenchStructure]:
+        """The reference set's displaced supercells (every structure with reference forces, without roles)."""
+        from aloe.bench.structures import reference_role
+
+        return reference_role(cls.name, reference, "supercells")
 
     def task_size(self) -> int:
         """``batch_structures``: the structures of one prediction call."""
@@ -272,9 +301,12 @@ class ForceParity(Benchmark):
     def row(
         self, structure: BenchStructure, predicted: np.ndarray, error: str | None = None
     ) -> dict[str, Any]:
-        """The row of one structure from its predicted forces (shape ``(n, 3)``, eV/A); raises when ``error``."""
+        """The row of one structure from its predicted forces (shape ``(n, 3)``, eV/A).
+
+        Raises :class:`~aloe.bench.base.StructureFailed` when ``error`` (the prediction failed).
+        """
         if error is not None:
-            raise RuntimeError(f"prediction failed: {error}")
+            raise StructureFailed(f"prediction failed: {error}")
         ref = self._reference(structure)
         pred = np.asarray(predicted, dtype=float).reshape(-1, 3)
         return {
@@ -285,91 +317,32 @@ class ForceParity(Benchmark):
             **force_errors(ref, pred),
         }
 
-    def calc(self, structure: BenchStructure) -> dict[str, Any]:
-        """Forces of one structure (one prediction call)."""
-        from aloe.structures import StructureBatch
-
-        problem = self.usable(structure)
-        if problem is not None:
-            raise ValueError(problem)
+    def inputs(self, structure: BenchStructure) -> list[Atoms]:
+        """The structure itself, once its reference forces are checked."""
         self._reference(structure)
-        pred = self.potential.predict(StructureBatch.from_atoms([structure.atoms], ids=[structure.id]))
-        return self.row(structure, pred.forces, pred.errors[0])
+        return [structure.atoms]
 
-    def calc_many(
-        self,
-        structures: Sequence[BenchStructure],
-        done: Callable[[int, dict[str, Any]], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Rows of many structures, ``batch_structures`` per prediction call.
-
-        ``wall_s`` of a row is its share of the chunk's time, in proportion to its atoms. A structure without
-        usable reference forces, or whose prediction failed, gets a failure row; the others are unaffected.
-        """
-        from aloe.structures import StructureBatch
-
-        rows: list[dict[str, Any] | None] = [None] * len(structures)
-        chunk = self.settings.batch_structures
-        for start in range(0, len(structures), chunk):
-            t0 = time.perf_counter()
-            indices = range(start, min(start + chunk, len(structures)))
-            members: list[int] = []
-            for index in indices:
-                structure = structures[index]
-                problem = self.usable(structure)
-                if problem is None:
-                    try:
-                        self._reference(structure)
-                        StructureBatch.from_atoms([structure.atoms])
-                    except Exception as exc:
-                        problem = one_line(exc)
-                if problem is not None:
-                    rows[index] = failure_row(structure, problem)
-                else:
-                    members.append(index)
-            if members:
-                batch = StructureBatch.from_atoms(
-                    [structures[i].atoms for i in members], ids=[structures[i].id for i in members]
-                )
-                pred = self.potential.predict(batch)
-                elapsed = time.perf_counter() - t0
-                weights = np.array([structures[i].n_atoms for i in members], dtype=float)
-                shares = elapsed * weights / max(weights.sum(), 1.0)
-                for k, index in enumerate(members):
-                    structure = structures[index]
-                    try:
-                        row = self.row(structure, pred.forces[batch.atom_slice(k)], pred.errors[k])
-                    except Exception as exc:  # one structure never stops the benchmark
-                        row = failure_row(
-                            structure, str(exc) if isinstance(exc, RuntimeError) else one_line(exc)
-                        )
-                    row["wall_s"] = float(shares[k])
-                    rows[index] = row
-            if done is not None:
-                for index in indices:
-                    done(index, rows[index])  # type: ignore[arg-type]
-        return rows  # type: ignore[return-value]
+    def row_from(self, structure: BenchStructure, predictions: Predictions) -> dict[str, Any]:
+        """The row of one structure from its prediction."""
+        return self.row(structure, predictions.forces, predictions.errors[0])
 
     @classmethod
-    def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def metrics(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Errors over ALL force components of the successful rows (not a mean of per-structure values).
 
         Returns
         -------
         dict
-            ``n``, ``n_failed``, ``n_components``, ``force_mae`` and ``force_rmse`` (eV/A), ``softening_slope``;
-            the last three are ``None`` when there is no component.
+            ``n_components``, ``force_mae`` and ``force_rmse`` (eV/A), ``softening_slope``; the last three are
+            ``None`` when there is no component.
         """
-        good = ok_rows(rows)
-        out: dict[str, Any] = {"n": len(rows), "n_failed": len(rows) - len(good)}
-        x = np.array([v for r in good for v in r["forces_ref"]], dtype=float)
-        y = np.array([v for r in good for v in r["forces_pred"]], dtype=float)
-        out["n_components"] = int(x.size)
+        x = np.array([v for r in rows for v in r["forces_ref"]], dtype=float)
+        y = np.array([v for r in rows for v in r["forces_pred"]], dtype=float)
+        out: dict[str, Any] = {"n_components": int(x.size)}
         if x.size == 0:
             out.update({"force_mae": None, "force_rmse": None, "softening_slope": None})
             return out
-        metrics = force_errors(x, y)
-        out.update({k: (v if np.isfinite(v) else None) for k, v in metrics.items()})
+        out.update({k: (v if np.isfinite(v) else None) for k, v in force_errors(x, y).items()})
         return out
 
 

@@ -36,10 +36,8 @@ the crystals that relaxed. Each task writes its own checkpoint, so the order tas
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import re
 import shutil
 import time
 import zlib
@@ -53,6 +51,7 @@ from pydantic import Field, field_validator
 from aloe.devices import one_blas_thread
 from aloe.errors import AloeError
 from aloe.label.settings import EMTSettings, GPAWSettings, VASPSettings
+from aloe.runs import slug
 from aloe.stagekit import StageResult, StageSettings, Timings
 
 if TYPE_CHECKING:
@@ -331,12 +330,6 @@ def starting_crystals(settings: BenchReferenceSettings) -> list[tuple[str, Atoms
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
-def _slug(ident: str) -> str:
-    """A file-name-safe, collision-free form of an id."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", ident)[:60]
-    return f"{safe}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
-
-
 def _atoms_dict(atoms: Atoms) -> dict[str, Any]:
     return {
         "numbers": [int(z) for z in atoms.numbers],
@@ -624,9 +617,9 @@ def _make_reference(
             {s for _, a, _ in starts if a is not None for s in a.get_chemical_symbols()},
             key=lambda s: (_z(s), s),
         )
-    crystal_names = {ident: f"crystal-{_slug(ident)}.json" for ident, _, _ in starts}
+    crystal_names = {ident: f"crystal-{slug(ident)}.json" for ident, _, _ in starts}
     supercell_names = {
-        (ident, k): f"supercell-{_slug(ident)}-{k}.json"
+        (ident, k): f"supercell-{slug(ident)}-{k}.json"
         for ident, _, _ in starts
         for k in range(settings.supercells_per_crystal)
     }
@@ -646,7 +639,7 @@ def _make_reference(
                 _write_json(run.chunk_path(name), item)
                 counts["computed"] += 1
             if item is None:
-                first.append(task("crystal", name, ident, work / _slug(ident), atoms=atoms))
+                first.append(task("crystal", name, ident, work / slug(ident), atoms=atoms))
             else:
                 items[name] = item
                 bar.update(1)
@@ -678,7 +671,7 @@ def _make_reference(
                         "supercell",
                         name,
                         ident,
-                        work / f"{_slug(ident)}-sc{k}",
+                        work / f"{slug(ident)}-sc{k}",
                         atoms=_atoms_from(crystal["atoms"]),
                         k=k,
                     )

@@ -15,12 +15,12 @@ from aloe.bench.equilibrium import EquilibriumSettings
 from aloe.bench.ev import EVSettings
 from aloe.bench.forces import ForcesSettings
 from aloe.bench.md import MDSettings
+from aloe.bench.registry import BENCHMARK_NAMES, BENCHMARKS
 from aloe.bench.structures import MixtureSettings
 from aloe.stagekit import StageSettings
 
-#: The benchmarks, in the order they run and are reported.
-BENCHMARK_NAMES: tuple[str, ...] = ("equilibrium", "forces", "ev", "md")
-BenchmarkName = Literal["equilibrium", "forces", "ev", "md"]
+#: A benchmark's name (the names of :data:`aloe.bench.registry.BENCHMARKS`).
+BenchmarkName = Literal[BENCHMARK_NAMES]  # type: ignore[valid-type]
 
 
 class BenchSettings(StageSettings):
@@ -132,7 +132,7 @@ class BenchSettings(StageSettings):
 
     @model_validator(mode="after")
     def _references_given(self) -> BenchSettings:
-        needing = [name for name in ("equilibrium", "forces") if name in self.suite]
+        needing = [name for name in self.suite if BENCHMARKS[name].needs_reference]
         if needing and not self.structures:
             raise ValueError(
                 f"the {' and '.join(needing)} benchmark{'s need' if len(needing) > 1 else ' needs'} reference "

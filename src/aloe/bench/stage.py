@@ -7,6 +7,8 @@ Run folder layout::
                                        run of the folder, the first included, computes from what it reads back)
     chunks/<bench>/<potential>/<id>.json   one row per (benchmark, potential, structure): the checkpoint
     tables/<bench>.parquet             every row of a benchmark, columns documented in the schema
+    metrics.parquet                    every metric of every potential, one per row (group, member, benchmark,
+                                       potential, metric, value): the long table the loop and the study read
     comparison.md / .csv / .json       the metrics of every potential side by side
     figures/*.png, report.html         parity plots, EV curves, MD survival; the report with the failures
 
@@ -27,74 +29,46 @@ Structures no benchmark can treat are refused before the run folder is made, or 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aloe.bench.base import COMMON_COLUMNS, Benchmark, BenchStructure, ReferenceSet
-from aloe.bench.settings import BENCHMARK_NAMES, BenchSettings
+from aloe.bench.base import COMMON_COLUMNS, Benchmark, BenchStructure, ReferenceSet, potential_label
+from aloe.bench.equilibrium import atom_energies_for, potential_atom_energies_for
+from aloe.bench.registry import BENCHMARKS, benchmark_class, run_order
+from aloe.bench.settings import BenchSettings
 from aloe.bench.structures import write_structure_file
 from aloe.data.formats import json_default
 from aloe.devices import wants_gpu
-from aloe.errors import AloeError, InputFileError, exception_message, one_line
+from aloe.errors import AloeError, exception_message, one_line
 from aloe.executors import Executor, stage_executor
+from aloe.layout import (
+    BENCH_METRICS_FILE,
+    BENCH_STRUCTURES,
+    BENCH_STRUCTURES_SUFFIX,
+    bench_checkpoint,
+    bench_structures_file,
+)
 from aloe.progress import make_bar, progress_enabled
-from aloe.runs import TMP_SUFFIX, atomic_path, open_stage_run, plain_data
+from aloe.runs import TMP_SUFFIX, atomic_path, open_stage_run, plain_data, slug
 from aloe.stagekit import StageResult, Timings
 
-STRUCTURES_DIR = "structures"
-#: Suffix of the lossless structure files under :data:`STRUCTURES_DIR` (older runs kept ``.extxyz``).
-STRUCTURES_SUFFIX = ".jsonl"
-#: Benchmark name -> its class (imported on first use).
-BENCHMARK_CLASSES: dict[str, str] = {
-    "equilibrium": "aloe.bench.equilibrium:Equilibrium",
-    "forces": "aloe.bench.forces:ForceParity",
-    "ev": "aloe.bench.ev:EVScan",
-    "md": "aloe.bench.md:MDStability",
-}
-
-
-def benchmark_class(name: str) -> type[Benchmark]:
-    """The :class:`~aloe.bench.base.Benchmark` subclass of ``name`` (equilibrium, forces, ev, md)."""
-    import importlib
-
-    try:
-        module, attr = BENCHMARK_CLASSES[name].split(":")
-    except KeyError:
-        raise AloeError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARK_NAMES)})") from None
-    return getattr(importlib.import_module(module), attr)
+STRUCTURES_DIR = BENCH_STRUCTURES
+STRUCTURES_SUFFIX = BENCH_STRUCTURES_SUFFIX
 
 
 # ---- names on disk --------------------------------------------------------------------------------------------
-def _slug(text: str, length: int = 48) -> str:
-    """A file-name-safe, unique key of ``text``: readable prefix plus a short hash."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:length] or "x"
-    return f"{readable}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
-def potential_label(spec: str) -> str:
-    """How a potential is named in tables: the spec, or a model file's name."""
-    path = Path(spec)
-    return path.name if path.suffix == ".model" or path.is_file() else spec
-
-
 def potential_key(spec: str) -> str:
     """The checkpoint folder of a potential: its label plus a hash of the spec and, for files, their bytes."""
     path = Path(spec)
     if path.is_file():
         stat = path.stat()
         return _file_potential_key(spec, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    return _key_of(spec, spec)
-
-
-def _key_of(spec: str, identity: str) -> str:
-    return _slug(potential_label(spec), 40)[:-9] + "-" + hashlib.sha1(identity.encode()).hexdigest()[:8]
+    return slug(potential_label(spec), 40, identity=spec)
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,12 +77,12 @@ def _file_potential_key(spec: str, resolved: str, mtime_ns: int, size: int) -> s
     # three times per structure and benchmark).
     from aloe.potentials.base import file_digest
 
-    return _key_of(spec, f"{resolved}:{file_digest(resolved)}")
+    return slug(potential_label(spec), 40, identity=f"{resolved}:{file_digest(resolved)}")
 
 
 def checkpoint_path(run_dir: Path, bench: str, spec: str, structure_id: str) -> Path:
     """Where the row of one (benchmark, potential, structure) is kept."""
-    return Path(run_dir) / "chunks" / bench / potential_key(spec) / f"{_slug(structure_id)}.json"
+    return bench_checkpoint(run_dir, bench, potential_key(spec), structure_id)
 
 
 def write_checkpoint(path: Path, row: Mapping[str, Any]) -> None:
@@ -151,49 +125,6 @@ def _load_checkpoint(path: Path) -> tuple[dict[str, Any], str | None]:
 
 
 # ---- structures ---------------------------------------------------------------------------------------------
-def atom_energies_for(choice: str, reference: ReferenceSet | None) -> tuple[dict[str, float] | None, str]:
-    """Isolated-atom energies for cohesive energies, and where they come from.
-
-    ``reference``: the reference set's own (its labeler's), else MatPES r2SCAN; ``matpes-r2scan`` /
-    ``matpes-pbe``: the published MatPES values; anything else: a JSON file ``{symbol: eV}`` (or an
-    ``atom_energies.json`` of ``aloe bench reference`` with an ``energies`` key).
-    """
-    from aloe.data.stats import isolated_atom_energies
-
-    published = isolated_atom_energies()
-    if choice == "reference":
-        if reference is not None and reference.atom_energies:
-            return dict(reference.atom_energies), f"reference set ({reference.functional or 'its labeler'})"
-        return dict(published["r2SCAN"]), "MatPES r2SCAN (published)"
-    if choice in ("matpes-r2scan", "matpes-pbe"):
-        key = "r2SCAN" if choice.endswith("r2scan") else "PBE"
-        return dict(published[key]), f"MatPES {key} (published)"
-    path = Path(choice)
-    try:
-        data = json.loads(path.read_text())
-    except OSError:
-        raise InputFileError(path, "atom energies: no such file") from None
-    except ValueError as exc:
-        raise InputFileError(path, f"atom energies: not JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("energies"), dict):
-        data = data["energies"]
-    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
-        raise InputFileError(path, "atom energies: expected an object {symbol: energy in eV}")
-    return {str(k): float(v) for k, v in data.items()}, str(path)
-
-
-def potential_atom_energies_for(spec: str, settings: BenchSettings) -> dict[str, float] | None:
-    """The isolated-atom energies of ``spec``'s own energy scale, or ``None`` for the reference's ('same')."""
-    choice = settings.potential_atom_energies
-    if isinstance(choice, dict):
-        choice = choice.get(spec, choice.get(potential_label(spec), "same"))
-    if choice == "same":
-        return None
-    if choice == "reference":
-        raise AloeError("potential_atom_energies: use 'same' for the reference's isolated-atom energies")
-    return atom_energies_for(choice, None)[0]
-
-
 def _read_set(spec: str, settings: BenchSettings) -> ReferenceSet:
     from aloe.bench.structures import read_reference_set
 
@@ -203,63 +134,29 @@ def _read_set(spec: str, settings: BenchSettings) -> ReferenceSet:
 def benchmark_structures(
     settings: BenchSettings, kept: Path | None = None
 ) -> tuple[dict[str, list[BenchStructure]], ReferenceSet | None]:
-    """The structures of every benchmark of the suite, and the reference set they came from (if any).
+    """The structures of every benchmark of the suite (each chooses its own), and the reference set (if any).
 
     ``kept``: the ``structures/`` folder of the run; a benchmark whose structures an earlier run of the folder
     wrote there uses those (a resumed run never rebuilds random mixtures or re-reads a changed file).
     """
-    from aloe.bench.structures import split_roles
-
     reference = _read_set(settings.structures, settings) if settings.structures else None
-    crystals, supercells = split_roles(reference) if reference is not None else ([], [])
     out: dict[str, list[BenchStructure]] = {}
     for bench in settings.suite:
         if kept is not None and kept_structures_path(kept, bench).exists():
             out[bench] = read_kept_structures(kept, bench)
             continue
-        if bench in ("equilibrium", "forces"):
-            if reference is None:
-                raise AloeError(
-                    f"the {bench} benchmark needs reference structures: give --structures (an 'aloe bench "
-                    "reference' folder, MatPES documents, extxyz with energies and forces ...)"
-                )
-            chosen = crystals if bench == "equilibrium" else supercells
-        elif bench == "ev":
-            if settings.ev_structures:
-                chosen = _read_set(settings.ev_structures, settings).structures
-            elif reference is not None:
-                chosen = crystals or reference.structures
-            else:
-                chosen = _read_set("builtin:elements", settings).structures
-        else:
-            if settings.md_structures == "reference":
-                if reference is None:
-                    raise AloeError("md_structures 'reference' needs --structures")
-                chosen = crystals or reference.structures
-            else:
-                chosen = _read_set(settings.md_structures, settings).structures
+        chosen = benchmark_class(bench).select_structures(
+            settings, reference, lambda spec: _read_set(spec, settings)
+        )
         out[bench] = list(chosen[: settings.max_structures] if settings.max_structures else chosen)
         if not out[bench]:
-            raise AloeError(
-                f"the {bench} benchmark has no structures: {_why_none(bench, settings, reference)}"
-            )
+            raise AloeError(f"the {bench} benchmark has no structures: the set is empty")
     return out, reference
-
-
-def _why_none(bench: str, settings: BenchSettings, reference: ReferenceSet | None) -> str:
-    name = reference.name if reference is not None else settings.structures
-    if bench == "equilibrium":
-        return f"{name} holds no crystal with a reference energy"
-    if bench == "forces":
-        return f"{name} holds no structure with reference forces"
-    return "the set is empty"
 
 
 def kept_structures_path(folder: Path, bench: str) -> Path:
     """The lossless structure file of ``bench`` in a run's ``structures/`` folder (an older run's ``.extxyz``)."""
-    path = Path(folder) / f"{bench}{STRUCTURES_SUFFIX}"
-    legacy = Path(folder) / f"{bench}.extxyz"
-    return legacy if legacy.exists() and not path.exists() else path
+    return bench_structures_file(Path(folder).parent, bench)
 
 
 def read_kept_structures(folder: Path, bench: str) -> list[BenchStructure]:
@@ -391,14 +288,8 @@ def _task_bar(task: BenchTask, total: int | None, desc: str, unit: str) -> Any:
 
 
 def _benchmark_for(task: BenchTask, settings: BenchSettings) -> Benchmark:
-    extra: dict[str, Any] = {}
-    if task.bench == "equilibrium":
-        extra["potential_atom_energies"] = potential_atom_energies_for(task.potential, settings)
-    return benchmark_class(task.bench)(
-        _potential(task.potential, settings),
-        getattr(settings, task.bench),
-        atom_energies=task.atom_energies,
-        **extra,
+    return benchmark_class(task.bench).for_stage(
+        _potential(task.potential, settings), settings, spec=task.potential, atom_energies=task.atom_energies
     )
 
 
@@ -463,9 +354,9 @@ def plan_tasks(
     for b in settings.suite:
         for spec in settings.potentials:
             label = potential_label(spec)
+            atom_energies = common["atom_energies"] if benchmark_class(b).needs_atom_energies else None
             probe = _benchmark_for(
-                BenchTask(b, spec, (), frozenset(), "", common["atom_energies"].get(b), "", "none", 0),
-                settings,
+                BenchTask(b, spec, (), frozenset(), "", atom_energies, "", "none", 0), settings
             )
             done: set[str] = set()
             usable: list[BenchStructure] = []
@@ -500,7 +391,7 @@ def plan_tasks(
                         tuple(chunk),
                         keep,
                         common["settings_json"],
-                        common["atom_energies"].get(b),
+                        atom_energies,
                         str(run_dir),
                         common["progress"],
                         os.getpid(),
@@ -539,10 +430,10 @@ def bench(
         for spec in settings.potentials:  # an unknown name, a missing file, a failing factory: one line, now
             _load_for_stage(spec, settings)
     energies, energies_source = (None, "")
-    if "equilibrium" in settings.suite:
+    if any(benchmark_class(b).needs_atom_energies for b in settings.suite):
         energies, energies_source = atom_energies_for(settings.atom_energies, reference)
         for spec in settings.potentials:  # a bad table is one line now, not a failed row per structure
-            potential_atom_energies_for(spec, settings)
+            potential_atom_energies_for(spec, settings.potential_atom_energies)
     run, settings = open_stage_run(
         settings.model_copy(update={"output": output}),
         "bench",
@@ -562,7 +453,7 @@ def bench(
     progress = "bar" if progress_enabled(settings.progress) else ("log" if log_open() else "none")
     common = {
         "settings_json": settings.model_dump_json(),
-        "atom_energies": {"equilibrium": energies},
+        "atom_energies": energies,
         "progress": progress,
     }
     tasks, resumed = plan_tasks(run.path, settings, sets, invalid, common)
@@ -574,7 +465,8 @@ def bench(
         failed = 0
         try:
             # Cheap benchmarks first: a user sees the EV and forces tables while the MD runs.
-            tasks.sort(key=lambda t: ("ev", "forces", "equilibrium", "md").index(t.bench))
+            order = run_order(settings.suite)
+            tasks.sort(key=lambda t: order.index(t.bench))
             for result in ex.map_unordered(
                 _run_task, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
             ):
@@ -595,13 +487,22 @@ def bench(
             }
             for b in settings.suite
         }
-        paths: dict[str, Any] = {}
+        from aloe.bench.report.tables import metrics_rows, write_metrics_table
+
+        members = {potential_label(spec): k for k, spec in enumerate(settings.potentials)}
+        paths: dict[str, Any] = {
+            "metrics": write_metrics_table(
+                metrics_rows(metrics, members=members), run.path / BENCH_METRICS_FILE
+            )
+        }
         if settings.report != "none":
             from aloe.bench.report import write_report
 
             columns = {b: {**COMMON_COLUMNS, **benchmark_class(b).COLUMNS} for b in settings.suite}
-            paths = write_report(
-                rows, columns, metrics, run.path, title="aloe bench: " + ", ".join(settings.potentials)
+            paths.update(
+                write_report(
+                    rows, columns, metrics, run.path, title="aloe bench: " + ", ".join(settings.potentials)
+                )
             )
     counts = {
         b: {
@@ -661,6 +562,9 @@ def collect_rows(
         out[b] = rows
     return out
 
+
+#: Benchmark name -> class (the table of :mod:`aloe.bench.registry`; kept under its old name).
+BENCHMARK_CLASSES = BENCHMARKS
 
 __all__ = [
     "BENCHMARK_CLASSES",

@@ -63,6 +63,7 @@ from pydantic import Field, model_validator
 
 from aloe.bench.base import BenchStructure, ReferenceSet
 from aloe.errors import AloeError, InputFileError, exception_message
+from aloe.layout import REFERENCE_ATOM_ENERGIES, REFERENCE_CRYSTALS, REFERENCE_SUPERCELLS
 from aloe.settings import AloeSettings
 
 if TYPE_CHECKING:
@@ -76,10 +77,10 @@ ELEMENT_SYMMETRIES = ("fcc", "bcc", "hcp", "diamond", "sc")
 ROLE_KEY = "bench_role"
 #: The verb (run-folder owner) of ``aloe bench reference``.
 REFERENCE_VERB = "bench-reference"
-#: Files of an ``aloe bench reference`` run folder.
-CRYSTALS_FILE = "crystals.extxyz"
-SUPERCELLS_FILE = "supercells.extxyz"
-ATOM_ENERGIES_FILE = "atom_energies.json"
+#: Files of an ``aloe bench reference`` run folder (their names live in :mod:`aloe.layout`).
+CRYSTALS_FILE = REFERENCE_CRYSTALS
+SUPERCELLS_FILE = REFERENCE_SUPERCELLS
+ATOM_ENERGIES_FILE = REFERENCE_ATOM_ENERGIES
 
 #: Keys holding a structure's id, in order of preference.
 ID_KEYS = (
@@ -627,6 +628,26 @@ def split_roles(reference_set: ReferenceSet) -> tuple[list[BenchStructure], list
     return [s for s in structures if s.energy is not None], [s for s in structures if s.forces is not None]
 
 
+def reference_role(bench: str, reference: ReferenceSet | None, role: str) -> list[BenchStructure]:
+    """The ``crystals`` or ``supercells`` of a benchmark's reference set (see :func:`split_roles`).
+
+    Raises
+    ------
+    AloeError
+        No reference set, or one without such structures (one line naming the set and what it lacks).
+    """
+    from aloe.bench.base import require_reference
+
+    crystals, supercells = split_roles(require_reference(bench, reference))
+    chosen = crystals if role == "crystals" else supercells
+    if not chosen:
+        lacking = (
+            "crystal with a reference energy" if role == "crystals" else "structure with reference forces"
+        )
+        raise AloeError(f"the {bench} benchmark has no structures: {reference.name} holds no {lacking}")
+    return chosen
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".jsonl", ".json", ".extxyz", ".xyz", ".db"):
@@ -986,6 +1007,7 @@ __all__ = [
     "random_mixtures",
     "read_reference_set",
     "read_structure_file",
+    "reference_role",
     "split_roles",
     "structure_problem",
     "write_structure_file",

@@ -147,7 +147,9 @@ def _print_result(result: Any) -> None:
         typer.echo("")
     if report.get("html"):
         typer.echo(f"report: {report['html']}")
-    typer.echo(f"tables: {result.run_dir / 'tables'}   figures: {result.run_dir / 'figures'}")
+    from aloe.layout import FIGURES, TABLES
+
+    typer.echo(f"tables: {result.run_dir / TABLES}   figures: {result.run_dir / FIGURES}")
     typer.echo(f"summary: {result.summary_path}")
 
 

@@ -328,16 +328,25 @@ class LoopRun:
         return LoopResult(self.path, iterations, stopped, summary_path, report)
 
     def _bench_report(self, benches: dict[int, dict[str, Any]]) -> dict[str, Path]:
-        """``bench_iterations.md/.csv/.png``: the metrics of every benchmarked committee, committee by committee."""
+        """The metrics of every benchmarked committee, committee by committee.
+
+        ``bench_metrics.parquet`` (the committees' long tables in one, ``group`` = ``committee k``) and
+        ``bench_iterations.md/.csv/.png``; each committee's metrics are read from its bench run's long table.
+        """
         if not benches:
             return {}
-        from aloe.bench.report import write_iteration_report
+        from aloe.bench.report.tables import nested_metrics, write_metrics_table
+        from aloe.loop.bench_report import write_bench_iterations
 
         per_committee: dict[int, dict[str, Any]] = {}
+        every: list[dict[str, Any]] = []
         for k, info in sorted(benches.items()):
-            summary = yaml.safe_load((self.path / info["summary"]).read_text()) or {}
-            per_committee[k] = summary.get("metrics") or {}
-        return write_iteration_report(per_committee, self.path)
+            rows = layout.bench_metrics(self.path / info["folder"]).to_pylist()
+            per_committee[k] = nested_metrics(rows)
+            every += [{**r, "group": f"committee {k}"} for r in rows]
+        paths = write_bench_iterations(per_committee, self.path)
+        paths["metrics"] = write_metrics_table(every, self.path / layout.LOOP_BENCH_METRICS)
+        return paths
 
     def _final_committee(self, iterations: list[dict[str, Any]]) -> list[str]:
         for record in reversed(iterations):
