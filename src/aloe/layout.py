@@ -40,6 +40,8 @@ PLOTS = "plots"
 
 # ---- generate -------------------------------------------------------------------------------------------------
 PLAN_FILE = "plan.npz"
+#: generate --mode near-eq: one log per chunk of what happened to each starting structure.
+NEAR_EQ_LOGS = "near-eq"
 OCCUPATIONS_FILE = "occupations.json"
 
 # ---- screen and select ------------------------------------------------------------------------------------------
@@ -76,6 +78,19 @@ METRICS_COLUMNS = ("group", "member", "benchmark", "potential", "metric", "value
 REFERENCE_CRYSTALS = "crystals.extxyz"
 REFERENCE_SUPERCELLS = "supercells.extxyz"
 REFERENCE_ATOM_ENERGIES = "atom_energies.json"
+
+# ---- study ------------------------------------------------------------------------------------------------------
+#: Folders and files of a study run (``aloe study``), see :mod:`aloe.study.stage`.
+STUDY_TEST = "test"
+STUDY_HELDOUT = "heldout"
+STUDY_SEED = "seed"
+STUDY_ARMS = "arms"
+STUDY_BENCH = "bench"
+STUDY_DATASETS = "datasets"
+STUDY_MODELS = "models"
+STUDY_STATE = "state.yaml"
+STUDY_LEAKAGE = "leakage.json"
+STUDY_METRICS = "study_metrics.parquet"
 
 # ---- the loop ---------------------------------------------------------------------------------------------------
 LOOP_CONFIG = "config.yaml"
@@ -160,3 +175,13 @@ def bench_metrics(run_dir: str | Path):
     import pyarrow.parquet as pq
 
     return pq.read_table(Path(run_dir) / BENCH_METRICS_FILE)
+
+
+def study_metrics(run_dir: str | Path):
+    """Every metric of every benchmarked member of a study, as one long ``pyarrow.Table``.
+
+    Columns: arm, committee, budget_structures, budget_atoms, member, benchmark, potential, metric, value.
+    """
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(run_dir) / STUDY_METRICS)

@@ -23,7 +23,8 @@ from aloe.cli.options import (
 
 HELP = (
     "Substitute elements into prototypes, guess lattices, perturb, and write candidate chunks (Parquet) to a run "
-    "folder. Resumes when run again on the same folder. --count prints the exact size of the space instead."
+    "folder. Resumes when run again on the same folder. --count prints the exact size of the space instead. "
+    "--mode near-eq relaxes the unperturbed candidates and writes MD frames instead (MatPES-like; near_eq.* settings)."
 )
 
 
@@ -38,10 +39,23 @@ def generate_command(
         str | None, typer.Option("--elements", "-e", help="Element subset, e.g. 'Fe,O,Li'.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of all random choices.")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="'perturb' (MP-ALOE candidates, the default) or 'near-eq' (relax + short MD frames of the "
+            "unperturbed candidates; settings under near_eq, e.g. --set near_eq.temperatures=[300,1000]).",
+        ),
+    ] = None,
     sample: Annotated[
         int | None, typer.Option(help="Draw this many candidates uniformly from the space.")
     ] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="Candidates per chunk file.")] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Candidates per chunk file (near-eq mode: starting candidates, near_eq.chunk_size)."
+        ),
+    ] = None,
     shard: Annotated[str | None, typer.Option(help="Produce only shard K of N ('K/N', 0-based).")] = None,
     workers: WorkersOption = None,
     executor: ExecutorOption = None,
@@ -71,6 +85,7 @@ def generate_command(
                 "prototypes.source": prototypes,
                 "elements": split_list(elements),
                 "seed": seed,
+                "mode": mode,
                 "sample": sample,
                 "chunk_size": chunk_size,
                 "shard": shard,
@@ -83,6 +98,10 @@ def generate_command(
             },
         )
         settings = build_settings(GenerateSettings, config, overrides, verb="generate")
+        if settings.mode == "near-eq" and chunk_size is not None:  # starts per chunk: near_eq.chunk_size
+            overrides = {k: v for k, v in overrides.items() if k != "chunk_size"}
+            overrides["near_eq.chunk_size"] = chunk_size
+            settings = build_settings(GenerateSettings, config, overrides, verb="generate")
         if count:
             _print_count(settings)
             return
@@ -100,10 +119,20 @@ def generate_command(
             announce_run_folder(settings.output)
             result = generate(settings, command=invocation(ctx))
         c = result.counts
-        typer.echo(
-            f"wrote {c['candidates_written']:,} candidates in {c['chunks_written']} chunks "
-            f"({c['chunks_resumed']} chunks already done) of a {c['plan']} plan over {c['candidates']:,} candidates"
-        )
+        if settings.mode == "near-eq":
+            failures = ", ".join(f"{n} {reason}" for reason, n in c["failures"].items())
+            typer.echo(
+                f"wrote {c['candidates_written']:,} frames of {c['starts_written']:,} starting candidates in "
+                f"{c['chunks_written']} chunks ({c['chunks_resumed']} chunks already done); in all {c['frames']:,} "
+                f"frames of {c['starts']:,} starts, {c['failed']:,} failed"
+                + (f" ({failures})" if failures else "")
+            )
+        else:
+            typer.echo(
+                f"wrote {c['candidates_written']:,} candidates in {c['chunks_written']} chunks "
+                f"({c['chunks_resumed']} chunks already done) of a {c['plan']} plan over {c['candidates']:,} "
+                "candidates"
+            )
         typer.echo(f"summary: {result.summary_path}")
 
 

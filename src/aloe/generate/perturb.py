@@ -107,7 +107,11 @@ def displace(frac_coords: np.ndarray, displacements: np.ndarray, wrap: bool = Tr
         Map the result into ``[0, 1)``.
     """
     out = frac_coords + displacements
-    if wrap:
-        out = np.mod(out, 1.0)
-        out[out >= 1.0] = 0.0  # mod can round up to exactly 1.0
+    return wrap_fractional(out) if wrap else out
+
+
+def wrap_fractional(frac_coords: np.ndarray) -> np.ndarray:
+    """Fractional coordinates mapped into ``[0, 1)`` (a new array; any shape)."""
+    out = np.mod(frac_coords, 1.0)
+    out[out >= 1.0] = 0.0  # mod can round up to exactly 1.0
     return out

@@ -99,6 +99,94 @@ class SubsamplingSettings(AloeSettings):
     exponent: float = Field(0.5, description="Exponent on the weight (MP-ALOE: 0.5, i.e. sqrt(w)).")
 
 
+class NearEqSettings(AloeSettings):
+    """Near-equilibrium sampling (mode ``near-eq``): relax each unperturbed candidate, run short MD, keep frames.
+
+    MatPES sampled its structures this way: MD snapshots of relaxed structures run with a pretrained universal
+    potential (then down-sampled with DIRECT, which is ``aloe select``'s job). Every starting candidate gives
+    ``len(temperatures) * frames`` frames unless it fails (skipped, its reason counted) or a run stops early (the
+    frames before the stop are kept, the reason recorded).
+    """
+
+    potential: str = Field(
+        "emt",
+        description="Potential that relaxes and drives the MD: any spec aloe.potentials.registry.load_potential "
+        "accepts ('emt', 'chgnet-0.3.0', a MACE .model file, 'package.module:factory').",
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="Where the potential runs ('auto': cuda if present)."
+    )
+    dtype: Literal["float32", "float64"] | None = Field(
+        None, description="Model precision where the model allows a choice (default: the model's own)."
+    )
+    threads: int = Field(1, ge=1, description="Torch threads per process (parallelism comes from processes).")
+    relax: bool = Field(
+        True, description="Relax cell and positions before the MD (FIRE on FrechetCellFilter)."
+    )
+    fmax: float = Field(
+        0.05, gt=0, description="Relaxation converged below this force (eV/A, filter forces)."
+    )
+    max_steps: int = Field(
+        200, ge=1, description="Most FIRE steps of one relaxation (unconverged ones go on)."
+    )
+    max_volume_change: float = Field(
+        4.0,
+        gt=1.0,
+        description="A relaxation whose cell volume leaves [1/x, x] of the start is stopped and the candidate "
+        "skipped as 'cell collapsed' (a collapsing cell would build ever larger neighbour lists).",
+    )
+    supercell_min_atoms: int = Field(
+        8,
+        ge=1,
+        description="Repeat the relaxed cell (shortest repeated axis first) to at least this many atoms before MD.",
+    )
+    temperatures: list[float] = Field(
+        default_factory=lambda: [300.0, 1000.0], description="One MD run per temperature (K)."
+    )
+    steps: int = Field(200, ge=1, description="MD steps per temperature.")
+    timestep_fs: float = Field(2.0, gt=0, description="MD time step (fs).")
+    hydrogen_timestep_fs: float = Field(
+        0.5, gt=0, description="MD time step (fs) for structures that contain hydrogen."
+    )
+    frames: int = Field(
+        5, ge=1, description="Snapshots kept per temperature run, evenly spaced (steps k * steps / frames)."
+    )
+    thermostat: Literal["langevin"] = Field("langevin", description="Thermostat (ASE's Langevin, NVT).")
+    friction_per_ps: float = Field(10.0, gt=0, description="Langevin friction (1/ps).")
+    max_energy_change: float = Field(
+        100.0,
+        gt=0,
+        description="An MD run stops when its potential energy per atom leaves the first frame's by more (eV/atom).",
+    )
+    max_kinetic_energy: float = Field(
+        100.0, gt=0, description="An MD run stops when an atom's kinetic energy exceeds this (eV)."
+    )
+    chunk_size: int = Field(
+        10,
+        ge=1,
+        description="Starting candidates per chunk file (replaces chunk_size in near-eq mode: a start costs a "
+        "relaxation and MD, not microseconds).",
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _check_temperatures(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("give at least one temperature")
+        if any(not t > 0 for t in value):
+            raise ValueError("temperatures must be positive (K)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_frames(self) -> NearEqSettings:
+        if self.frames > self.steps:
+            raise ValueError(f"frames ({self.frames}) must not exceed steps ({self.steps})")
+        return self
+
+    #: Keys that do not change what a run computes.
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"device", "threads"})
+
+
 class GenerateSettings(StageSettings):
     """Everything that defines a candidate space and how a run produces it."""
 
@@ -137,6 +225,14 @@ class GenerateSettings(StageSettings):
     export: list[Literal["extxyz", "poscar"]] = Field(
         default_factory=list, description="Also write the candidates as extxyz and/or POSCAR files."
     )
+    mode: Literal["perturb", "near-eq"] = Field(
+        "perturb",
+        description="'perturb': the MP-ALOE candidates (lattice guess + random perturbation); 'near-eq': MatPES-like "
+        "frames: each unperturbed candidate relaxed and run through short MD at a few temperatures (near_eq).",
+    )
+    near_eq: NearEqSettings = Field(
+        default_factory=NearEqSettings, description="Near-equilibrium sampling (mode 'near-eq')."
+    )
 
     @field_validator("shard")
     @classmethod
@@ -164,5 +260,32 @@ class GenerateSettings(StageSettings):
         k, n = (int(x) for x in self.shard.split("/"))
         return (k, n)
 
+    def space_settings(self) -> GenerateSettings:
+        """The settings the candidate space is built with: near-eq mode starts from unperturbed candidates."""
+        if self.mode == "perturb" or not self.perturbation.enabled:
+            return self
+        return self.model_copy(
+            update={"perturbation": self.perturbation.model_copy(update={"enabled": False})}
+        )
+
+    def plan_chunk_size(self) -> int:
+        """Candidates per chunk of the plan: ``chunk_size``, or ``near_eq.chunk_size`` starts in near-eq mode."""
+        return self.near_eq.chunk_size if self.mode == "near-eq" else self.chunk_size
+
+    def resume_exclusions(self) -> frozenset[str]:
+        """Settings left out of the run fingerprint: the runtime keys and what the mode ignores.
+
+        A perturb run's fingerprint leaves out ``mode`` and ``near_eq``, so it equals the fingerprint of a run made
+        before the near-eq mode existed (such folders resume); a near-eq run's leaves out ``perturbation`` and
+        ``chunk_size``, which it does not use.
+        """
+        if self.mode == "perturb":
+            return self.RUNTIME_KEYS | {"mode", "near_eq"}
+        return self.RUNTIME_KEYS | {"perturbation", "chunk_size"}
+
     #: Keys that do not change which candidates a run produces (a resumed run may change them).
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {"shard", "export"}
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = (
+        StageSettings.RUNTIME_KEYS
+        | {"shard", "export"}
+        | {f"near_eq.{k}" for k in NearEqSettings.RUNTIME_KEYS}
+    )

@@ -9,11 +9,16 @@ Two plans:
 
 The plan is a pure function of the settings and is saved in the run folder. Chunk ``c`` belongs to shard ``c % N``,
 so shards interleave over the whole space and any subset of them can run anywhere, in any order.
+
+Mode ``near-eq`` (:mod:`aloe.generate.near_eq`) plans the same way over the unperturbed candidates, with
+``near_eq.chunk_size`` starts per chunk; a chunk file holds the frames of its starts, and ``near-eq/chunk-*.json``
+(written before the chunk, so a finished chunk always has its log) records what happened to each start.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +28,11 @@ import numpy as np
 
 from aloe import layout
 from aloe.data.candidates import chunk_files, count_rows, export_extxyz, export_poscars, read_chunk
+from aloe.devices import wants_gpu
 from aloe.errors import AloeError
 from aloe.executors import Executor, stage_executor
 from aloe.generate.io import batch_to_table
+from aloe.generate.near_eq import StartRecord, failure_examples, load_calculator, sample_chunk, tally
 from aloe.generate.settings import GenerateSettings
 from aloe.generate.space import STREAM_VERSION, CandidateSpace
 from aloe.progress import make_bar
@@ -35,6 +42,8 @@ from aloe.stagekit import StageResult, Timings
 
 PLAN_FILE = layout.PLAN_FILE
 OCCUPATIONS_FILE = layout.OCCUPATIONS_FILE
+#: Folder of the near-eq mode's per-chunk logs (what happened to each start).
+NEAR_EQ_DIR = layout.NEAR_EQ_LOGS
 _SAMPLE_STREAM = 3
 _SCAN_STEP = 1 << 22
 
@@ -64,9 +73,12 @@ def load_space(
     occupations: dict[str, list[tuple[int, ...]]] | None = None,
     progress: bool | None = None,
 ) -> CandidateSpace:
-    """Library + occupations -> :class:`CandidateSpace`."""
+    """Library + occupations -> :class:`CandidateSpace` (of unperturbed candidates in near-eq mode)."""
     return CandidateSpace(
-        load_library(settings, progress), settings, occupations=occupations, progress=progress
+        load_library(settings, progress),
+        settings.space_settings(),
+        occupations=occupations,
+        progress=progress,
     )
 
 
@@ -184,13 +196,18 @@ def make_plan(space: CandidateSpace, progress: bool | None = None) -> ChunkPlan:
     """The plan the settings ask for."""
     settings = space.settings
     if settings.sample is not None:
-        return plan_sample(space, settings.sample, settings.chunk_size, progress)
-    return plan_full(space, settings.chunk_size)
+        return plan_sample(space, settings.sample, settings.plan_chunk_size(), progress)
+    return plan_full(space, settings.plan_chunk_size())
 
 
 def chunk_name(chunk: int) -> str:
     """File name of chunk ``chunk``."""
     return f"chunk-{chunk:06d}.parquet"
+
+
+def near_eq_log_name(chunk: int) -> str:
+    """File name of chunk ``chunk``'s near-eq log (in :data:`NEAR_EQ_DIR`)."""
+    return f"chunk-{chunk:06d}.json"
 
 
 # ---- workers -------------------------------------------------------------------------------------------------
@@ -215,6 +232,8 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
     indices = np.asarray(task["indices"], dtype=np.int64) if task["indices"] is not None else None
     if indices is None:
         indices = space.kept_in_range(task["start"], task["stop"])
+    if task.get("log") is not None:
+        return _run_near_eq_chunk(task, space, indices, t0)
     batch = space.build(indices)
     table = batch_to_table(batch, space)
     from aloe.data.candidates import write_table
@@ -223,6 +242,56 @@ def _run_chunk(task: dict[str, Any]) -> dict[str, Any]:
     with atomic_path(target) as tmp:
         write_table(table, tmp)
     return {"chunk": task["chunk"], "rows": len(batch), "seconds": time.perf_counter() - t0}
+
+
+def _run_near_eq_chunk(
+    task: dict[str, Any], space: CandidateSpace, indices: np.ndarray, t0: float
+) -> dict[str, Any]:
+    """Frames of a chunk of starts: the log first, then the chunk (both atomic; the chunk marks it done)."""
+    from aloe.data.candidates import write_table
+    from aloe.progress import make_log_bar
+
+    desc = f"near-eq chunk {task['chunk']}"
+    # In the stage's process the run log only (the stage shows its own bar); a pool worker's output is the run log
+    # (or a terminal, then nothing).
+    if task.get("pid") == os.getpid():
+        bar = make_bar(enabled=False, total=len(indices), desc=desc, unit="start")
+    else:
+        bar = make_log_bar(total=len(indices), desc=desc, unit="start")
+    frames = 0
+
+    def on_start(record: StartRecord) -> None:
+        nonlocal frames
+        frames += sum(run.frames for run in record.runs)
+        bar.update(1)
+        bar.set_postfix(frames=frames)
+
+    table, records = sample_chunk(space, indices, space.settings, on_start=on_start)
+    bar.close()
+    data = [r.to_json() for r in records]
+    with atomic_path(Path(task["log"])) as tmp:
+        tmp.write_text(json.dumps({"chunk": task["chunk"], "starts": data}, indent=1) + "\n")
+    with atomic_path(Path(task["path"])) as tmp:
+        write_table(table, tmp)
+    counts = tally(data)
+    return {
+        "chunk": task["chunk"],
+        "rows": table.num_rows,
+        "starts": counts["starts"],
+        "failed": counts["failed"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def read_near_eq_logs(run_dir: Path, chunks: range | list[int]) -> list[dict[str, Any]]:
+    """The start records of these chunks' near-eq logs (chunks without a finished chunk file are left out)."""
+    records: list[dict[str, Any]] = []
+    for c in chunks:
+        path = Path(run_dir) / NEAR_EQ_DIR / near_eq_log_name(c)
+        if not (Path(run_dir) / layout.CHUNKS / chunk_name(c)).exists() or not path.exists():
+            continue
+        records.extend(json.loads(path.read_text())["starts"])
+    return records
 
 
 # ---- the stage -----------------------------------------------------------------------------------------------
@@ -280,7 +349,10 @@ def generate(
     timings = Timings()
     output = settings.output or default_run_dir("generate")
     settings = settings.model_copy(update={"output": Path(output)})
-    run = RunFolder(output, "generate", settings, GenerateSettings.RUNTIME_KEYS)
+    run = RunFolder(output, "generate", settings, settings.resume_exclusions())
+    near_eq = settings.mode == "near-eq"
+    if near_eq:
+        run.subfolder(NEAR_EQ_DIR)
 
     with timings("load_prototypes"):
         library = load_library(settings, settings.progress)
@@ -288,7 +360,10 @@ def generate(
     with timings("occupations"):
         occ_path = run.path / OCCUPATIONS_FILE
         space = CandidateSpace(
-            library, settings, occupations=_load_occupations(occ_path), progress=settings.progress
+            library,
+            settings.space_settings(),
+            occupations=_load_occupations(occ_path),
+            progress=settings.progress,
         )
         if not occ_path.exists():
             with atomic_path(occ_path) as tmp:
@@ -305,6 +380,10 @@ def generate(
     in_shard = range(shard_k, plan.n_chunks, shard_n)
     todo = [c for c in in_shard if not run.done(chunk_name(c))]
     settings_json = settings.model_copy(update={"output": None, "workers": 1, "export": []}).model_dump_json()
+    if (
+        near_eq
+    ):  # a bad potential spec stops here, before any task; chunks run in this process reuse the model
+        load_calculator(settings.near_eq)
 
     def tasks():
         for c in todo:
@@ -317,6 +396,9 @@ def generate(
                 "start": None,
                 "stop": None,
             }
+            if near_eq:
+                task["log"] = str(run.path / NEAR_EQ_DIR / near_eq_log_name(c))
+                task["pid"] = os.getpid()
             if plan.mode == "full":
                 task["start"], task["stop"] = int(plan.boundaries[c]), int(plan.boundaries[c + 1])
             else:
@@ -325,15 +407,27 @@ def generate(
 
     _SPACES.clear()
     _SPACES[settings_json] = space  # in-process chunks reuse this space
-    written = 0
+    written = starts = failed = 0
+    gpu = near_eq and wants_gpu(settings.near_eq.device)
     with timings("generate"), stage_executor(executor, settings) as executor:
         t0 = time.perf_counter()
-        bar = make_bar(enabled=settings.progress, total=len(todo), desc="generate", unit="chunk")
-        for result in executor.map_unordered(_run_chunk, tasks(), limit=settings.task_limit()):
+        desc = "generate (near-eq)" if near_eq else "generate"
+        bar = make_bar(enabled=settings.progress, total=len(todo), desc=desc, unit="chunk")
+        for result in executor.map_unordered(_run_chunk, tasks(), limit=settings.task_limit(), gpu=gpu):
             written += result["rows"]
             bar.update(1)
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(candidates=f"{written:,}", per_s=f"{written / max(elapsed, 1e-9):,.0f}")
+            if near_eq:
+                starts += result["starts"]
+                failed += result["failed"]
+                bar.set_postfix(
+                    frames=f"{written:,}",
+                    starts=f"{starts:,}",
+                    failed=f"{failed:,}",
+                    s_per_start=f"{elapsed / max(starts, 1):.2f}",
+                )
+            else:
+                bar.set_postfix(candidates=f"{written:,}", per_s=f"{written / max(elapsed, 1e-9):,.0f}")
         bar.close()
 
     if settings.export:
@@ -358,10 +452,19 @@ def generate(
             "prototype_files_skipped": len(library.report.skipped),
         }
     )
+    extra: dict[str, Any] = {}
+    if near_eq:
+        records = read_near_eq_logs(run.path, in_shard)
+        counts.update(tally(records))
+        counts["starts_written"] = starts
+        examples = failure_examples(records)
+        if examples:
+            extra["near_eq_failure_examples"] = examples
     seconds = timings.total()
     name = "summary.yaml" if shard_n == 1 else f"summary-shard-{shard_k}-of-{shard_n}.yaml"
-    extra = {"skipped_prototype_files": library.report.lines()} if library.report.skipped else None
-    summary = run.write_summary(counts, seconds, extra=extra, name=name, command=command)
+    if library.report.skipped:
+        extra["skipped_prototype_files"] = library.report.lines()
+    summary = run.write_summary(counts, seconds, extra=extra or None, name=name, command=command)
     return StageResult("generate", run.path, counts, seconds, summary)
 
 
@@ -407,4 +510,5 @@ __all__ = [
     "make_plan",
     "plan_full",
     "plan_sample",
+    "read_near_eq_logs",
 ]
