@@ -15,6 +15,7 @@ from aloe.bench.reference import (
     LabelerCalculator,
     binary_crystals,
     make_reference,
+    ternary_crystals,
 )
 from aloe.bench.structures import (
     ATOM_ENERGIES_FILE,
@@ -166,6 +167,85 @@ def test_structures_input_static_and_binaries(tmp_path: Path) -> None:
     assert made["Cu3Al-L1_2"].get_chemical_formula() == "AlCu3"
 
 
+def conventional_heusler(x: str, y: str, z: str, a: float):
+    """X2YZ in the 16-atom cubic cell from the L2_1 (Cu2MnAl) Wyckoff positions: Z 4a, Y 4b, X 8c of Fm-3m."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup(
+        225, Lattice.cubic(a), [z, y, x], [[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
+    )
+
+
+def test_ternary_heusler_crystals() -> None:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from aloe.bench.forces import average_nearest_neighbour_distance
+    from aloe.bench.structures import elemental_crystal
+
+    made = ternary_crystals(["Cu", "Ni", "Al", "Pd"], ["L2_1"])
+    # every triple in the order given: X the first, Y the second, Z the third
+    assert [ident for ident, _ in made] == ["Cu2NiAl-L2_1", "Cu2NiPd-L2_1", "Cu2AlPd-L2_1", "Ni2AlPd-L2_1"]
+    assert [i for i, _ in ternary_crystals(["Cu", "Ni", "Al", "Pd"], ["L2_1"], max_triples=2)] == [
+        "Cu2NiAl-L2_1",
+        "Cu2NiPd-L2_1",
+    ]
+    assert ternary_crystals(["Cu", "Ni", "Al"], []) == []
+    atoms = dict(made)["Cu2NiAl-L2_1"]
+    assert len(atoms) == 4 and atoms.get_chemical_formula() == "AlCu2Ni" and atoms.pbc.all()
+    # lattice constant from the mean nearest-neighbour distance of the three elements' own crystals
+    d = np.mean([average_nearest_neighbour_distance(elemental_crystal(s)) for s in ("Cu", "Ni", "Al")])
+    a = 4.0 * d / np.sqrt(3.0)
+    assert atoms.get_volume() == pytest.approx(a**3 / 4.0, rel=1e-12)
+    assert average_nearest_neighbour_distance(atoms) == pytest.approx(d, rel=1e-9)
+    # the same crystal as pymatgen's from the Wyckoff positions of Cu2MnAl, and of its space group
+    structure = AseAtomsAdaptor.get_structure(atoms)
+    assert SpacegroupAnalyzer(structure).get_space_group_number() == 225
+    reference = conventional_heusler("Cu", "Ni", "Al", a)
+    assert len(reference) == 16
+    assert StructureMatcher(primitive_cell=True, scale=False).fit(structure, reference)
+    assert not StructureMatcher(scale=False).fit(structure, conventional_heusler("Ni", "Cu", "Al", a))
+
+
+def test_ternaries_relax_with_emt_and_read_back(tmp_path: Path) -> None:
+    settings = BenchReferenceSettings(
+        labeler="emt",
+        elements=["Cu", "Ni", "Al", "Pd"],
+        ternaries=["L2_1"],
+        max_ternaries=2,
+        binaries=["B2"],
+        supercells_per_crystal=1,
+        output=tmp_path / "run",
+        progress=False,
+        fmax=0.02,
+    )
+    result = make_reference(settings)
+    c = result.counts
+    # 4 elements, 6 B2 pairs, the first 2 of the 4 triples
+    assert (c["crystals"], c["crystals_ok"], c["crystals_converged"]) == (12, 12, 12)
+    assert c["supercells_ok"] == 12 and c["atoms_ok"] == 4
+    rs = read_reference_set(tmp_path / "run")
+    crystals, supercells = split_roles(rs)
+    by_id = {s.id: s for s in crystals}
+    assert {"Cu2NiAl-L2_1", "Cu2NiPd-L2_1"} <= set(by_id)
+    assert not {i for i in by_id if i.endswith("-L2_1")} - {"Cu2NiAl-L2_1", "Cu2NiPd-L2_1"}
+    start = dict(ternary_crystals(["Cu", "Ni", "Al", "Pd"], ["L2_1"], max_triples=2))
+    for ident in ("Cu2NiAl-L2_1", "Cu2NiPd-L2_1"):
+        relaxed = by_id[ident].atoms
+        assert sorted(relaxed.get_chemical_symbols()) == sorted(start[ident].get_chemical_symbols())
+        # relaxed with EMT: the labels are EMT's at the relaxed structure, forces and stress below fmax
+        check = relaxed.copy()
+        check.calc = EMT()
+        assert by_id[ident].energy == pytest.approx(check.get_potential_energy(), abs=1e-8)
+        assert np.abs(check.get_forces()).max() < 0.02
+        # FrechetCellFilter: the cell converges when |stress| x volume / atoms < fmax
+        assert np.abs(check.get_stress()).max() * check.get_volume() / len(check) < 0.02
+        assert relaxed.get_volume() != pytest.approx(start[ident].get_volume(), rel=1e-6)  # the cell relaxed
+    assert {s.id for s in supercells} >= {"Cu2NiAl-L2_1/sc0", "Cu2NiPd-L2_1/sc0"}
+    assert all(18 <= len(s.atoms) <= 32 for s in supercells)
+
+
 def test_labeler_calculator_matches_the_labeler(tmp_path: Path) -> None:
     atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
     atoms.rattle(0.05, seed=1)
@@ -184,6 +264,10 @@ def test_settings_checks(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="unknown element"):
         BenchReferenceSettings(elements=["Cu", "Xx"])
+    with pytest.raises(ValidationError, match="ternaries"):
+        BenchReferenceSettings(ternaries=["L2_2"])
+    with pytest.raises(ValidationError, match="max_ternaries"):
+        BenchReferenceSettings(max_ternaries=0)
     with pytest.raises(AloeError, match="supercell_min_atoms"):
         make_reference(
             BenchReferenceSettings(

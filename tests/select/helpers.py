@@ -1,11 +1,22 @@
-"""Test-only encoders importable by path (``tests.select.helpers:FailsOnIron``)."""
+"""Test-only encoders importable by path (``tests.select.helpers:FailsOnIron``), and the tests' select settings."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from aloe.select.encoders import Encoded, Encoder
+from aloe.select.settings import SelectSettings
 from aloe.structures import StructureBatch
+
+#: Settings that give clusters both smaller and larger than k on the 100 candidates of the ``gen_run`` fixture
+#: (matminer features).
+DIRECT = {"birch_threshold": 0.5, "k": 2}
+
+
+def select_settings(inp, out, **kw) -> SelectSettings:
+    data = {"input": str(inp), "encoder": "matminer", "output": str(out), "direct": dict(DIRECT)}
+    data.update(kw)
+    return SelectSettings.model_validate(data)
 
 
 class ToyEncoder(Encoder):

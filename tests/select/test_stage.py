@@ -16,15 +16,11 @@ import aloe.select.stage as stage
 from aloe.cli.main import app
 from aloe.data.candidates import chunk_files, count_rows, read_chunk
 from aloe.errors import AloeError, InputFileError
-from aloe.generate.settings import GenerateSettings
-from aloe.generate.stage import generate
 from aloe.select.direct import direct_select
 from aloe.select.settings import DirectSettings, SelectSettings
 from aloe.select.stage import read_points, select
-from tests.conftest import write_prototypes
+from tests.select.helpers import DIRECT, select_settings
 
-#: Settings that give clusters both smaller and larger than k on the 100 candidates below (matminer features).
-DIRECT = {"birch_threshold": 0.5, "k": 2}
 POINT_COLUMNS = {
     "chunk",
     "row",
@@ -45,43 +41,6 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def module_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("select")
-
-
-@pytest.fixture(scope="module")
-def gen_run(module_dir) -> Path:
-    """100 candidates (5 elements, 4 prototypes) in 5 chunks of 20."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALOE_CACHE_DIR", str(module_dir / "cache"))
-        settings = GenerateSettings.model_validate(
-            {
-                "prototypes": {"source": str(write_prototypes(module_dir / "protos"))},
-                "elements": ["Li", "O", "Mg", "Fe", "Cu"],
-                "chunk_size": 20,
-                "output": str(module_dir / "gen"),
-                "subsampling": {"enabled": False},
-            }
-        )
-        generate(settings)
-    return module_dir / "gen"
-
-
-def select_settings(inp, out, **kw) -> SelectSettings:
-    data = {"input": str(inp), "encoder": "matminer", "output": str(out), "direct": dict(DIRECT)}
-    data.update(kw)
-    return SelectSettings.model_validate(data)
-
-
-@pytest.fixture(scope="module")
-def base(gen_run, module_dir):
-    """A finished matminer select run of the generate run (read-only: tests that change it work on a copy)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALOE_CACHE_DIR", str(module_dir / "cache"))
-        return select(select_settings(gen_run, module_dir / "sel"))
 
 
 def copy_run(run: Path, target: Path) -> Path:

@@ -1,7 +1,7 @@
 """``aloe bench reference``: make a reference set with a labeler (relaxed crystals, displaced supercells, atoms).
 
-What it does, for each crystal (ASE's elemental reference states of ``elements``, optionally B2 / L1_2 binaries over
-them, or the structures of ``structures``):
+What it does, for each crystal (ASE's elemental reference states of ``elements``, optionally B2 / L1_2 binaries and
+L2_1 Heusler ternaries over them, or the structures of ``structures``):
 
 1. relax positions and cell with the labeler (ASE FIRE on a ``FrechetCellFilter``, ``fmax`` / ``max_steps``;
    :class:`LabelerCalculator` makes any :class:`~aloe.label.base.Labeler` an ASE calculator), then keep the relaxed
@@ -66,6 +66,8 @@ VERB = "bench-reference"
 WORK = "work"
 #: Binary prototypes over pairs of the chosen elements.
 BINARY_PROTOTYPES = ("B2", "L1_2")
+#: Ternary prototypes over triples of the chosen elements.
+TERNARY_PROTOTYPES = ("L2_1",)
 
 
 class BenchReferenceSettings(StageSettings):
@@ -86,6 +88,15 @@ class BenchReferenceSettings(StageSettings):
         default_factory=list,
         description="Binary prototypes over every pair of 'elements' as well: B2 (CsCl type, AB) and L1_2 "
         "(Cu3Au type, A3B and AB3), lattice constants from the elements' nearest-neighbour distances.",
+    )
+    ternaries: list[Literal["L2_1"]] = Field(
+        default_factory=list,
+        description="Ternary prototypes over every triple of 'elements' as well (in the order given, X, Y, Z): "
+        "L2_1 (full Heusler X2YZ, Cu2MnAl type, Fm-3m; its 4-atom primitive cell), lattice constant from the "
+        "elements' mean nearest-neighbour distance.",
+    )
+    max_ternaries: int | None = Field(
+        None, ge=1, description="Only the first this many triples of 'elements' (None: every triple)."
     )
     structures: str | None = Field(
         None,
@@ -263,6 +274,19 @@ def _nearest_neighbour(atoms: Atoms) -> float:
     return average_nearest_neighbour_distance(atoms)
 
 
+def _nearest_neighbours(symbols: list[str]) -> dict[str, float]:
+    """Nearest-neighbour distance of each element's reference crystal (ASE's); elements without one are left out."""
+    from aloe.bench.structures import elemental_crystal
+
+    nn = {}
+    for symbol in symbols:
+        try:
+            nn[symbol] = _nearest_neighbour(elemental_crystal(symbol))
+        except AloeError:
+            continue  # no reference crystal: no lattice-constant guess either
+    return nn
+
+
 def binary_crystals(symbols: list[str], prototypes: list[str]) -> list[tuple[str, Atoms]]:
     """B2 (AB) and L1_2 (A3B, AB3) crystals over every pair of ``symbols``, in cubic cells.
 
@@ -271,15 +295,8 @@ def binary_crystals(symbols: list[str], prototypes: list[str]) -> list[tuple[str
     """
     from ase import Atoms
 
-    from aloe.bench.structures import elemental_crystal
-
     out: list[tuple[str, Atoms]] = []
-    nn = {}
-    for symbol in symbols:
-        try:
-            nn[symbol] = _nearest_neighbour(elemental_crystal(symbol))
-        except AloeError:
-            continue  # no reference crystal: no lattice-constant guess either
+    nn = _nearest_neighbours(symbols)
     for a, b in itertools.combinations([s for s in symbols if s in nn], 2):
         d = 0.5 * (nn[a] + nn[b])
         if "B2" in prototypes:
@@ -298,6 +315,42 @@ def binary_crystals(symbols: list[str], prototypes: list[str]) -> list[tuple[str
                     [minor] + [major] * 3, scaled_positions=[[0, 0, 0], *faces], cell=[lat] * 3, pbc=True
                 )
                 out.append((f"{major}3{minor}-L1_2", atoms))
+    return out
+
+
+def ternary_crystals(
+    symbols: list[str], prototypes: list[str], max_triples: int | None = None
+) -> list[tuple[str, Atoms]]:
+    """L2_1 full-Heusler crystals X2YZ over every triple of ``symbols``, in their 4-atom primitive cells.
+
+    The triples are ``itertools.combinations(symbols, 3)`` (the order given; elements without an ASE reference
+    crystal are skipped), the first ``max_triples`` of them when set; in each, X is the first element, Y the second
+    and Z the third (id ``X2YZ-L2_1``). L2_1 (Cu2MnAl type, Fm-3m, Strukturbericht L2_1): Z on 4a (0, 0, 0), Y on 4b
+    (1/2, 1/2, 1/2), X on 8c (1/4, 1/4, 1/4) and (3/4, 3/4, 3/4) of the cubic cell, here in the primitive fcc cell
+    ``a/2 [[0, 1, 1], [1, 0, 1], [1, 1, 0]]`` (the same fractional coordinates). Every atom's nearest neighbours
+    are ``a sqrt(3) / 4`` away (an ordered bcc), so with ``d`` the mean of the three elements' nearest-neighbour
+    distances the lattice constant is ``a = 4 d / sqrt(3)``, as B2's is ``2 d / sqrt(3)``.
+    """
+    from ase import Atoms
+
+    if "L2_1" not in prototypes:
+        return []
+    nn = _nearest_neighbours(symbols)
+    triples = list(itertools.combinations([s for s in symbols if s in nn], 3))
+    if max_triples is not None:
+        triples = triples[:max_triples]
+    out: list[tuple[str, Atoms]] = []
+    for x, y, z in triples:
+        d = (nn[x] + nn[y] + nn[z]) / 3.0
+        lat = 4.0 * d / np.sqrt(3.0)
+        cell = 0.5 * lat * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+        atoms = Atoms(
+            [x, x, y, z],
+            scaled_positions=[[0.25] * 3, [0.75] * 3, [0.5] * 3, [0.0] * 3],
+            cell=cell,
+            pbc=True,
+        )
+        out.append((f"{x}2{y}{z}-L2_1", atoms))
     return out
 
 
@@ -326,6 +379,9 @@ def starting_crystals(settings: BenchReferenceSettings) -> list[tuple[str, Atoms
         out.extend(
             (ident, atoms, None) for ident, atoms in binary_crystals(settings.elements, settings.binaries)
         )
+    if settings.ternaries:
+        made = ternary_crystals(settings.elements, settings.ternaries, settings.max_ternaries)
+        out.extend((ident, atoms, None) for ident, atoms in made)
     return out
 
 
@@ -744,6 +800,7 @@ def _z(symbol: str) -> int:
 
 __all__ = [
     "BINARY_PROTOTYPES",
+    "TERNARY_PROTOTYPES",
     "VERB",
     "BenchReferenceSettings",
     "LabelerCalculator",
@@ -752,4 +809,5 @@ __all__ = [
     "make_reference",
     "relax_with_labeler",
     "starting_crystals",
+    "ternary_crystals",
 ]

@@ -45,7 +45,7 @@ def run_command(
     """Run the active-learning loop."""
     with user_errors():
         from aloe.logs import echo, run_log
-        from aloe.loop.loop import load_run_config, run_loop
+        from aloe.loop.loop import load_run_config, run_loop, selection_rate
         from aloe.runs import default_run_dir
 
         overrides = parse_sets(
@@ -71,12 +71,17 @@ def run_command(
             result = run_loop(config_model)
             echo(f"{result.stopped}")
             for record in result.iterations:
-                scr = record.get("screen", {}).get("counts", {})
                 lab = record.get("label", {}).get("counts", {})
+                rate = selection_rate(record)
+                picked = (
+                    f"selected {record.get('select', {}).get('counts', {}).get('selected', 0)} "
+                    f"({config_model.run.selection})"
+                    if rate is None
+                    else f"screened {record['screen']['counts'].get('structures', 0)}, selection rate {rate:.1%}"
+                )
                 echo(
-                    f"[iter {record['iteration'] + 1}/{config_model.run.iterations}] screened {scr.get('structures', 0)}, selection rate "
-                    f"{scr.get('selection_rate', 0):.1%}, labelled {lab.get('labelled', 0)} "
-                    f"({lab.get('failed', 0)} failed)"
+                    f"[iter {record['iteration'] + 1}/{config_model.run.iterations}] {picked}, labelled "
+                    f"{lab.get('labelled', 0)} ({lab.get('failed', 0)} failed)"
                 )
             if result.report_path is not None:
                 echo(f"report: {result.report_path}")

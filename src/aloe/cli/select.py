@@ -92,17 +92,21 @@ def select_command(
         )
         result = run_stage(ctx, SelectSettings, config, overrides, "select", select)
         c = result.counts
-        d = result.products["direct"]
-        typer.echo(
-            f"selected {c['selected']:,} of {c['clustered']:,} structures ({c['reduction']:g}x fewer) from "
-            f"{c['clusters']:,} clusters; {d.n_components} principal components"
-        )
-        if c["encoder_failed"] or c["left_out_nonfinite"]:
+        if c.get("mode") == "uniform":
+            typer.echo(f"selected {c['selected']:,} of {c['structures']:,} structures uniformly at random")
+        else:
+            d = result.products["direct"]
             typer.echo(
-                f"left out: {c['encoder_failed']} not encodable, {c['left_out_nonfinite']} with NaN features"
+                f"selected {c['selected']:,} of {c['clustered']:,} structures ({c['reduction']:g}x fewer) from "
+                f"{c['clusters']:,} clusters; {d.n_components} principal components"
             )
+            if c["encoder_failed"] or c["left_out_nonfinite"]:
+                typer.echo(
+                    f"left out: {c['encoder_failed']} not encodable, {c['left_out_nonfinite']} with NaN features"
+                )
         typer.echo(f"selected: {result.run_dir / 'selected'}   points: {result.run_dir / 'points.parquet'}")
-        typer.echo(f"plots: {result.run_dir / 'plots'}")
+        if c.get("mode") != "uniform":
+            typer.echo(f"plots: {result.run_dir / 'plots'}")
         typer.echo(f"summary: {result.summary_path}")
 
 

@@ -32,6 +32,7 @@ from aloe import layout
 from aloe.data.candidates import count_rows, read_chunk
 from aloe.data.inputs import InputChunk, prepare_inputs
 from aloe.data.records import make_record, settings_id
+from aloe.elements import z_to_symbol
 from aloe.errors import AloeError
 from aloe.executors import Executor, InlineExecutor, stage_executor
 from aloe.label.base import Calculation, Labeler, LabelerError, check_physical
@@ -352,12 +353,16 @@ def _label(settings: LabelSettings, command: str | None, executor: Executor) -> 
         batch = rows.batch()  # its atoms also carry a degenerate cell on to its per-structure failure
         finished = _finished_rows(run.path, chunk.name, settings.retry_failed)
         for r in range(len(rows)):
+            # Every row's elements, finished or not: the isolated-atom table (training's E0s) must cover all the
+            # run's records, also when a resumed run has only some elements left to label.
+            elements.update(
+                z_to_symbol(int(z)) for z in set(rows.numbers[rows.offsets[r] : rows.offsets[r + 1]])
+            )
             if r in finished:
                 continue
             atoms = batch.to_atoms(r)
             atoms.info.clear()
             todo.append((chunk, r, rows.label(r), atoms))
-            elements.update(atoms.get_chemical_symbols())
     isolated, isolated_info = isolated_atom_energies(labeler, sorted(elements), settings, run.path, executor)
     write_yaml_atomic(
         run.path / ATOMS_FILE,

@@ -86,7 +86,11 @@ def write_bench_iterations(
             names.update(dict.fromkeys(potentials_of(per_iteration[it].get(bench, {}))))
         pairs += [(it, n) for n in names]
 
-    lines = ["# Benchmarks over iterations", "", "Iteration 0 is the pretrained committee.", ""]
+    first = (
+        "Iteration 0 is the first committee (pretrained, or trained on the seed dataset); iteration k > 0 is "
+        "the one trained in iteration k - 1."
+    )
+    lines = ["# Benchmarks over iterations", "", first, ""]
     if not pairs:
         lines += ["No benchmark metrics.", ""]
     for bench, hs in heads.items():

@@ -9,12 +9,17 @@ Run folder layout::
     report.md, report.html, summary.yaml  the whole run
 
 Iteration ``i``: generate (seed ``run.seed + i``) -> screen with the current committee -> select -> label -> train a
-committee on every record so far (seed dataset included). With a ``bench`` section, ``iter-XX/bench`` benchmarks
-committee ``XX`` (the one iteration ``XX`` screens with; the last one, trained in the final iteration, gets the folder
-of the iteration after it), and ``bench_iterations.md/.csv/.png`` show every metric across committees. The committee of iteration 0 is ``run.committee`` (the
-offline CHGNet trio by default) or, with ``run.train_first``, one trained on the seed dataset; iteration ``i + 1``
-uses iteration ``i``'s. A stage that finished is not run again; a stage that was killed is run again on its own folder
-and resumes there, so a killed loop ends with the same dataset as one that was never killed.
+committee on every record so far (seed dataset included). That is ``run.selection: committee`` (MP-ALOE); with
+``random`` an iteration is generate -> select (uniform random picks, seed ``run.seed + i``) -> label -> train, with
+``diverse`` generate -> select (DIRECT) -> label -> train: neither screens, so neither needs a committee (and
+committee 0 is benchmarked only when ``run.train_first`` trained one). ``run.max_label`` caps the picks of every
+iteration (a list: iteration ``i``'s cap is item ``i``); ``run.train_seed`` gives every committee the same training
+seed (default ``run.seed + i``). With a ``bench`` section, ``iter-XX/bench`` benchmarks committee ``XX`` (the one
+iteration ``XX`` screens with; the last one, trained in the final iteration, gets the folder of the iteration after
+it), and ``bench_iterations.md/.csv/.png`` show every metric across committees. The committee of iteration 0 is
+``run.committee`` (the offline CHGNet trio by default) or, with ``run.train_first``, one trained on the seed dataset;
+iteration ``i + 1`` uses iteration ``i``'s. A stage that finished is not run again; a stage that was killed is run
+again on its own folder and resumes there, so a killed loop ends with the same dataset as one that was never killed.
 """
 
 from __future__ import annotations
@@ -56,12 +61,16 @@ class LoopResult:
 class LoopRun:
     """One loop run folder: its config, its state, and the stage runs of every iteration."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, executor: Executor | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, executor: Executor | None = None, name: str | None = None
+    ) -> None:
         self.config = config
         self.settings: LoopSettings = config.run
         self.path = run_dir
         #: The run's executor, handed to every stage (opened by :meth:`run` when none is given).
         self.executor = executor
+        #: Put before the loop's progress tags (``[al iter 1/2]``) when it runs inside a study.
+        self.name = name
         # Locked while the loop works here; each stage locks its own sub-folder as well (separate lock files).
         self._claim = claim_folder(self.path, CONFIG_FILE, "aloe run")
         weakref.finalize(self, self._claim.release)
@@ -78,6 +87,10 @@ class LoopRun:
         path = self.path / CONFIG_FILE
         if path.exists():
             old = yaml.safe_load(path.read_text()) or {}
+            if isinstance(old.get("run"), dict):
+                # A folder started before a run setting existed was started with its default.
+                defaults = LoopSettings().model_dump(mode="json")
+                old["run"] = {**{k: v for k, v in defaults.items() if k in data["run"]}, **old["run"]}
             if old != data:
                 changed = sorted(k for k in set(old) | set(data) if old.get(k) != data.get(k))
                 raise AloeError(
@@ -94,6 +107,10 @@ class LoopRun:
     def _mark(self, it: int, stage: str, info: dict[str, Any]) -> None:
         self.state.setdefault("iterations", {}).setdefault(it, {})[stage] = info
         write_yaml_atomic(self.path / STATE_FILE, self.state)
+
+    def _tag(self, text: str) -> str:
+        """``[text]``, or ``[name text]`` for a named loop (an arm of a study)."""
+        return f"[{self.name} {text}]" if self.name else f"[{text}]"
 
     def done(self, it: int, stage: str) -> dict[str, Any] | None:
         """The recorded outcome of a finished stage, or ``None``."""
@@ -126,7 +143,7 @@ class LoopRun:
         from aloe.loop.report import stage_headline
         from aloe.progress import progress_prefix
 
-        tag = tag or f"[iter {it + 1}/{self.settings.iterations}]"
+        tag = self._tag(tag or f"iter {it + 1}/{self.settings.iterations}")
         info = self.done(it, stage)
         if info is not None:
             echo(f"{tag} {stage}: finished in an earlier run ({stage_headline(stage, info['counts'])})")
@@ -201,13 +218,20 @@ class LoopRun:
         return {"input": str(self.stage_dir(it, "generate")), "committee": self.committee_for(it)}
 
     def _inputs_select(self, it: int) -> dict[str, Any]:
-        return {"input": str(self.stage_dir(it, "screen"))}
+        if self.settings.selection == "committee":
+            return {"input": str(self.stage_dir(it, "screen"))}
+        inputs: dict[str, Any] = {"input": str(self.stage_dir(it, "generate"))}
+        if self.settings.selection == "random":
+            inputs.update(mode="uniform", seed=self.settings.seed + it)
+        else:
+            inputs["mode"] = "direct"
+        return inputs
 
     def _inputs_label(self, it: int) -> dict[str, Any]:
         return {"input": str(self.stage_dir(it, "select"))}
 
     def _inputs_train(self, it: int) -> dict[str, Any]:
-        return {"inputs": self.dataset(it), "seed": self.settings.seed + it}
+        return {"inputs": self.dataset(it), "seed": self.settings.training_seed(it)}
 
     def _inputs_bench(self, it: int) -> dict[str, Any]:
         return {"potentials": self.committee_for(it)}
@@ -216,14 +240,17 @@ class LoopRun:
         """Benchmark committee ``k`` (0: the first one; ``k``: trained in iteration ``k - 1``) in ``iter-k/bench``."""
         if self.config.bench is None:
             return None
-        tag = f"[committee {k}]"
+        if k == 0 and self.settings.selection != "committee" and not self.settings.train_first:
+            return None  # no committee 0: nothing screens, and none was trained on the seed dataset
+        tag = f"committee {k}"
         return self.run_stage(k, "bench", self.settings_for("bench", k), tag=tag)
 
     def settings_for(self, stage: str, it: int) -> Any:
         """The settings of ``stage`` in iteration ``it``: its config section plus what the loop fills in."""
         settings = self._stage_settings(stage, it, **getattr(self, f"_inputs_{stage}")(it))
-        if stage == "select" and self.settings.max_label is not None:
-            direct = settings.direct.model_copy(update={"max_selected": self.settings.max_label})
+        budget = self.settings.budget(it) if stage == "select" else None
+        if budget is not None:
+            direct = settings.direct.model_copy(update={"max_selected": budget})
             settings = settings.model_copy(update={"direct": direct})
         return settings
 
@@ -232,6 +259,8 @@ class LoopRun:
         counts = record[stage]["counts"]
         if stage == "screen" and int(counts.get("outcomes", {}).get("selected", 0)) == 0:
             return f"iteration {it}: the committee selected no structure"
+        if stage == "select" and int(counts.get("selected", 0)) == 0:
+            return f"iteration {it}: select picked no structure"
         if stage == "label":
             labelled = sum(
                 int((r.get("label") or {}).get("counts", {}).get("records", 0)) for r in [*iterations, record]
@@ -256,10 +285,16 @@ class LoopRun:
         from aloe.progress import progress_prefix
 
         data = dict(self.config.train)
-        data.update({"inputs": [str(p) for p in s.seed_dataset], "seed": s.seed, "output": str(seed_train)})
+        data.update(
+            {
+                "inputs": [str(p) for p in s.seed_dataset],
+                "seed": s.training_seed(None),
+                "output": str(seed_train),
+            }
+        )
         spec = stage_spec("train")
-        echo(f"[seed] train: the first committee, on run.seed_dataset ({seed_train})")
-        with progress_prefix("[seed] "):
+        echo(f"{self._tag('seed')} train: the first committee, on run.seed_dataset ({seed_train})")
+        with progress_prefix(f"{self._tag('seed')} "):
             spec.run()(
                 spec.settings_model().model_validate(data),
                 command="aloe run (seed committee)",
@@ -280,7 +315,7 @@ class LoopRun:
             if bench is not None:
                 record["bench"] = benches[it] = bench
             halt = None
-            for stage in STAGES:
+            for stage in s.stages():
                 record[stage] = self.run_stage(it, stage, self.settings_for(stage, it))
                 halt = self._stop_after(stage, it, record, iterations)
                 if halt:
@@ -292,8 +327,8 @@ class LoopRun:
             if halt:
                 stopped = halt
                 break
-            rate = float(record["screen"]["counts"].get("selection_rate", 0.0))
-            if rate < s.min_selection_rate:
+            rate = selection_rate(record)
+            if rate is not None and rate < s.min_selection_rate:
                 stopped = f"iteration {it}: selection rate {rate:.2%} < {s.min_selection_rate:.2%}"
                 break
         if iterations and "train" in iterations[-1]:
@@ -309,6 +344,7 @@ class LoopRun:
             "seconds": round(time.perf_counter() - t_start, 2),
             "executor": self.executor.describe() if self.executor is not None else "in this process",
             "iterations": [_iteration_summary(r) for r in iterations],
+            "selection": s.selection,
             "final_committee": self._final_committee(iterations),
             "versions": package_versions(),
         }
@@ -408,6 +444,13 @@ def validate_stage_sections(config: RunConfig, source: str | None = None) -> Non
         section = getattr(config, stage)
         if section is None:  # an optional stage that is not configured
             continue
+        if stage == "select" and config.run.selection != "committee" and "mode" in section:
+            wanted = "uniform" if config.run.selection == "random" else "direct"
+            if section["mode"] != wanted:
+                raise AloeError(
+                    f"{where} 'select': key 'mode': run.selection {config.run.selection!r} selects in mode "
+                    f"{wanted!r}; leave 'mode' out"
+                )
         for key in ("executor", "scheduler"):
             if key in section:
                 raise AloeError(
@@ -423,6 +466,14 @@ def validate_stage_sections(config: RunConfig, source: str | None = None) -> Non
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+def selection_rate(record: dict[str, Any]) -> float | None:
+    """The screen's selection rate of an iteration; ``None`` when it did not screen (selection random/diverse)."""
+    screen = record.get("screen")
+    if screen is None:
+        return None
+    return float(screen["counts"].get("selection_rate", 0.0))
+
+
 def _iteration_summary(record: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"iteration": record["iteration"]}
     for stage in STAGES:

@@ -34,7 +34,7 @@ def iteration_lines(loop: LoopRun, it: int, record: dict[str, Any], image_prefix
     """Markdown lines of one iteration: a stage table, the numbers that matter, and the plots."""
     lines = [f"## Iteration {it}", ""]
     lines += ["| stage | seconds | result |", "|---|---:|---|"]
-    for stage in ("generate", "screen", "select", "label", "train"):
+    for stage in loop.settings.stages():
         info = record.get(stage)
         if info is None:
             lines.append(f"| {stage} | - | not run |")
@@ -47,6 +47,13 @@ def iteration_lines(loop: LoopRun, it: int, record: dict[str, Any], image_prefix
         lines.append(
             f"- committee: {', '.join(Path(m).name for m in c.get('committee', []))}; selection rate "
             f"**{c.get('selection_rate', 0):.2%}**"
+        )
+    elif loop.settings.selection != "committee":
+        how = {"random": "uniform random picks", "diverse": "DIRECT"}[loop.settings.selection]
+        budget = loop.settings.budget(it)
+        lines.append(
+            f"- selection: {loop.settings.selection} ({how} from the generated candidates, budget "
+            f"{budget if budget is not None else 'none'}); no committee, selection rate n/a"
         )
     label = record.get("label")
     if label:
@@ -82,6 +89,8 @@ def stage_headline(stage: str, c: dict[str, Any]) -> str:
         o = c.get("outcomes", {})
         return f"{c.get('structures', 0)} screened, {o.get('selected', 0)} selected"
     if stage == "select":
+        if c.get("mode") == "uniform":
+            return f"{c.get('selected', 0)} of {c.get('structures', 0)} picked uniformly at random"
         return f"{c.get('selected', 0)} of {c.get('clustered', 0)} kept, {c.get('clusters', 0)} clusters"
     if stage == "label":
         return f"{c.get('labelled', 0)} labelled ({c.get('records', 0)} records), {c.get('failed', 0)} failed"
@@ -117,14 +126,25 @@ def write_run_report(
     lines = ["# aloe run", "", f"Run folder: `{loop.path}`  ", f"Stopped: {summary['stopped']}  "]
     lines.append(f"Wall time: {summary['seconds']:.0f} s")
     lines.append("")
-    lines += ["| iteration | screened | selected (screen) | kept (DIRECT) | labelled | records | failed |"]
-    lines += ["|---:|---:|---:|---:|---:|---:|---:|"]
+    screens = loop.settings.selection == "committee"
+    if not screens:
+        lines += [f"Selection: {loop.settings.selection} (no screen, no committee: selection rate n/a)", ""]
+    kept = {"committee": "kept (DIRECT)", "diverse": "kept (DIRECT)", "random": "picked (random)"}
+    lines += [
+        "| iteration | generated | screened | selected (screen) | "
+        f"{kept[loop.settings.selection]} | labelled | records | failed |"
+    ]
+    lines += ["|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in iterations:
+        gen = r.get("generate", {}).get("counts", {})
         scr = r.get("screen", {}).get("counts", {})
         sel = r.get("select", {}).get("counts", {})
         lab = r.get("label", {}).get("counts", {})
+        screened = scr.get("structures", 0) if screens else "n/a"
+        picked = scr.get("outcomes", {}).get("selected", 0) if screens else "n/a"
+        generated = gen.get("candidates_in_shard", gen.get("candidates", "-"))
         lines.append(
-            f"| {r['iteration']} | {scr.get('structures', 0)} | {scr.get('outcomes', {}).get('selected', 0)} | "
+            f"| {r['iteration']} | {generated} | {screened} | {picked} | "
             f"{sel.get('selected', '-')} | {lab.get('labelled', '-')} | {lab.get('records', '-')} | "
             f"{lab.get('failed', '-')} |"
         )

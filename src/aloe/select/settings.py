@@ -77,8 +77,20 @@ class DirectSettings(AloeSettings):
 
 
 class SelectSettings(StageSettings):
-    """DIRECT selection of a diverse subset of structures."""
+    """Selection of a subset of structures: DIRECT (diverse), or uniformly at random (a baseline)."""
 
+    mode: Literal["direct", "uniform"] = Field(
+        "direct",
+        description="'direct': DIRECT on encoded features (MP-ALOE); 'uniform': direct.max_selected structures "
+        "picked uniformly at random (seeded by 'seed'), no features, no PCA or clustering (all of them when "
+        "direct.max_selected is unset).",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of mode 'uniform' (the same seed and input give the same picks whatever the chunking; "
+        "DIRECT's criterion 'random' uses direct.seed).",
+    )
     input: Path | None = Field(
         None,
         description="A screen (or generate/select) run folder, or structures: extxyz file, folder of POSCAR/CIF, "
@@ -100,8 +112,11 @@ class SelectSettings(StageSettings):
     chunk_size: int = Field(2000, ge=1, description="Structures per chunk for inputs that are not a run.")
 
     #: Keys that may change when a run folder is reused. The features (input + encoder) are the run's durable part;
-    #: the selection is recomputed from them every time, so DIRECT settings may change too (re-select, no re-encode).
+    #: the selection is recomputed from them every time, so DIRECT settings may change too (re-select, no re-encode),
+    #: and so may the mode and the uniform seed (a uniform selection reads only the inputs).
     RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {
+        "mode",
+        "seed",
         "device",
         "threads",
         "batch_size",

@@ -1,5 +1,10 @@
 """The select stage: encode structures in chunks, run DIRECT over all of them, write the subset, points and plots.
 
+Or, with ``mode: uniform``, pick ``direct.max_selected`` structures uniformly at random (seeded by ``seed``; the
+baseline DIRECT is measured against): nothing is encoded, there is no PCA and no clustering, and the run folder holds
+the same ``points.parquet`` (cluster, distance, rank and PC columns null), ``selected/`` and ``summary.yaml``, without
+``clusters.csv`` and plots.
+
 Run folder layout::
 
     run.yaml, summary.yaml
@@ -35,9 +40,10 @@ from aloe.devices import wants_gpu
 from aloe.errors import AloeError, InputFileError
 from aloe.executors import Executor, stage_executor
 from aloe.progress import make_bar
-from aloe.runs import atomic_path, open_stage_run
+from aloe.runs import RunFolder, atomic_path, open_stage_run
 from aloe.select.direct import DirectResult, direct_select
 from aloe.select.settings import SelectSettings
+from aloe.select.uniform import uniform_pick
 from aloe.stagekit import StageResult, Timings
 
 FEATURES_DIR = layout.FEATURES
@@ -182,7 +188,9 @@ def select(
     Returns
     -------
     StageResult
-        With ``products["direct"]``, the :class:`~aloe.select.direct.DirectResult`.
+        With ``products["selected"]`` (the picked rows, ascending, in input order) and ``products["direct"]``, the
+        :class:`~aloe.select.direct.DirectResult` (``None`` in mode ``uniform``); ``counts["mode"]`` names the
+        mode.
     """
     if settings.input is None:
         raise AloeError("select needs an input: a screen run folder or a structure file")
@@ -194,6 +202,8 @@ def select(
         chunks = prepare_inputs(
             settings.input, run.path, settings.chunk_size, settings.progress, reader="aloe select"
         )
+    if settings.mode == "uniform":
+        return _select_uniform(run, settings, chunks, timings, command)
 
     todo = [c for c in chunks if not (run.path / FEATURES_DIR / f"{c.name}.npz").exists()]
     encoded_now = failed_now = 0
@@ -242,7 +252,7 @@ def select(
         mask = np.zeros(len(table.row), dtype=bool)
         mask[result.selected] = True
         _write_points(run.path, table, result, mask, meta)
-        _write_selected(run.path, chunks, table, mask)
+        _write_selected(run.path, chunks, table.chunk, mask)
         if settings.export == "extxyz":
             _export(run.path, chunks)
         else:  # a re-selection must not leave the export of an earlier selection beside it
@@ -275,7 +285,59 @@ def select(
         "plots": ["plots/pca.png", "plots/cluster_sizes.png"],
     }
     summary = run.write_summary(counts, seconds, extra=extra, command=command)
-    return StageResult("select", run.path, counts, seconds, summary, {"direct": result})
+    products = {"selected": np.flatnonzero(mask), "direct": result}
+    return StageResult("select", run.path, counts, seconds, summary, products)
+
+
+def _select_uniform(
+    run: RunFolder,
+    settings: SelectSettings,
+    chunks: list[InputChunk],
+    timings: Timings,
+    command: str | None,
+) -> StageResult:
+    """Mode ``uniform``: ``direct.max_selected`` structures picked uniformly at random over the inputs, in order."""
+    budget = settings.direct.max_selected
+    with timings("read_inputs"):
+        meta = _input_meta(chunks)
+    n = len(meta["id"])
+    if n == 0:
+        raise AloeError("no structures to select from")
+    with timings("pick"):
+        picks = uniform_pick(n, budget, settings.seed)
+        mask = np.zeros(n, dtype=bool)
+        mask[picks] = True
+    with timings("write"):
+        _write_uniform_points(run.path, meta, mask)
+        _write_selected(run.path, chunks, meta["chunk"], mask)
+        if settings.export == "extxyz":
+            _export(run.path, chunks)
+        else:
+            (run.path / EXPORT_FILE).unlink(missing_ok=True)
+        # What an earlier DIRECT selection in this folder left does not describe this one.
+        (run.path / CLUSTERS_FILE).unlink(missing_ok=True)
+        for plot in ("pca.png", "cluster_sizes.png"):
+            (run.path / "plots" / plot).unlink(missing_ok=True)
+    seconds = timings.total()
+    selected = int(mask.sum())
+    counts = {
+        "mode": "uniform",
+        "structures": n,
+        "chunks_total": len(chunks),
+        "chunks_resumed": 0,  # nothing is computed per chunk, so nothing is resumed
+        "encoded_now": 0,
+        "encoder_failed": 0,
+        "left_out_nonfinite": 0,
+        "selected": selected,
+        "reduction": round(n / max(selected, 1), 4),
+    }
+    extra = {
+        "encoder": None,
+        "uniform": {"seed": settings.seed, "max_selected": budget},
+        "plots": [],
+    }
+    summary = run.write_summary(counts, seconds, extra=extra, command=command)
+    return StageResult("select", run.path, counts, seconds, summary, {"selected": picks, "direct": None})
 
 
 def _counts(result, mask, table, chunks, todo, encoded_now, failed_now) -> dict[str, Any]:
@@ -301,22 +363,30 @@ def _counts(result, mask, table, chunks, todo, encoded_now, failed_now) -> dict[
         },
         "selected": selected,
         "reduction": round(usable / max(selected, 1), 4),
+        "mode": "direct",
     }
 
 
 # ---- outputs ------------------------------------------------------------------------------------------------
 def _input_meta(chunks: list[InputChunk]) -> dict[str, Any]:
-    """Per input structure, in chunk order: id, elements, index and atom count (one chunk in memory at a time)."""
+    """Per input structure, in chunk order: chunk name, row, id, elements, index and atom count.
+
+    One chunk in memory at a time.
+    """
     ids: list[str] = []
     elements: list[str] = []
-    index, n_atoms = [], []
+    names, row, index, n_atoms = [], [], [], []
     for c in chunks:
         rows = read_chunk(c.path)
         ids.extend(rows.label(r) for r in range(len(rows)))
         elements.extend(rows.elements)
+        names.append(np.full(len(rows), c.name, dtype=object))
+        row.append(np.arange(len(rows), dtype=np.int64))
         index.append(np.asarray(rows.index, dtype=np.int64))
         n_atoms.append(np.diff(rows.offsets).astype(np.int64))
     return {
+        "chunk": np.concatenate(names) if names else np.empty(0, dtype=object),
+        "row": np.concatenate(row) if row else np.empty(0, np.int64),
         "id": ids,
         "elements": elements,
         "index": np.concatenate(index) if index else np.empty(0, np.int64),
@@ -350,14 +420,39 @@ def _write_points(run_dir: Path, table: FeatureTable, result: DirectResult, mask
         pq.write_table(out, str(tmp), compression="zstd")
 
 
-def _write_selected(run_dir: Path, chunks: list[InputChunk], table: FeatureTable, mask: np.ndarray) -> None:
+def _write_uniform_points(run_dir: Path, meta: dict[str, Any], mask: np.ndarray) -> None:
+    """``points.parquet`` of a uniform selection: the columns of a DIRECT one, the clustering ones null."""
+    n = len(mask)
+    columns = {
+        "chunk": pa.array(meta["chunk"].tolist(), pa.string()),
+        "row": pa.array(meta["row"].astype(np.int32)),
+        "index": pa.array(meta["index"]),
+        "id": pa.array(meta["id"], pa.string()),
+        "elements": pa.array(meta["elements"], pa.string()),
+        "n_atoms": pa.array(meta["n_atoms"].astype(np.int32)),
+        "status": pa.array(["ok"] * n, pa.string()),
+        "error": pa.nulls(n, pa.string()),
+        "cluster": pa.nulls(n, pa.int64()),
+        "cluster_size": pa.nulls(n, pa.int64()),
+        "distance": pa.nulls(n, pa.float64()),
+        "rank": pa.nulls(n, pa.int64()),
+        "selected": pa.array(mask),
+        "pc": pa.nulls(n, pa.list_(pa.float64())),
+    }
+    out = pa.table(columns).replace_schema_metadata({"aloe.kind": "select-points", "aloe.mode": "uniform"})
+    with atomic_path(run_dir / POINTS_FILE) as tmp:
+        pq.write_table(out, str(tmp), compression="zstd")
+
+
+def _write_selected(run_dir: Path, chunks: list[InputChunk], chunk_of: np.ndarray, mask: np.ndarray) -> None:
+    """``selected/``: one file per input chunk (maybe empty) with its picked rows; ``chunk_of`` names each row's."""
     folder = run_dir / SELECTED_DIR
     wanted = {f"{c.name}.parquet" for c in chunks}
     for stale in folder.glob("chunk-*.parquet"):
         if stale.name not in wanted:
             stale.unlink()
     for c in chunks:
-        keep = mask[table.chunk == c.name]
+        keep = mask[chunk_of == c.name]
         with atomic_path(folder / f"{c.name}.parquet") as tmp:
             write_table(read_chunk(c.path).table.filter(pa.array(keep)), tmp)
 
