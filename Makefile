@@ -10,7 +10,7 @@ GPAW_CONFIG ?= $(CURDIR)/install/gpaw-siteconfig.py
 GPAW_VERSION := $(shell sed -n 's/^gpaw==//p' constraints.txt)
 LIBXC_PREFIX := $(abspath $(VENV))/libxc
 
-.PHONY: install demo test test-slow test-all lint bench clean
+.PHONY: install demo test test-slow test-all lint bench study clean
 
 $(STAMP): pyproject.toml constraints.txt install/gpaw-siteconfig.py install/libxc-requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache src tests benchmarks
 	$(BIN)/ruff format --no-cache --check src tests benchmarks
+
+study: $(STAMP)
+	$(BIN)/aloe study examples/study-emt.yaml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py

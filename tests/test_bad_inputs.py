@@ -260,6 +260,11 @@ def raising_factory(setup: Setup) -> str:
     return "broken_factory:make"
 
 
+def study(setup: Setup, config: dict[str, Any]) -> list[str]:
+    """``aloe study study.yaml -o out`` with ``config`` as the study's keys."""
+    return ["study", setup.file("study.yaml", yaml.safe_dump(config)), "-o", "out", "--no-progress"]
+
+
 def bench_ev(setup: Setup, xyz: str) -> list[str]:
     """``aloe bench emt --suite ev --ev-structures XYZ -o out``."""
     return ["bench", "emt", "--suite", "ev", "--ev-structures", xyz, "-o", "out", "--no-progress"]
@@ -617,6 +622,37 @@ CASES: list[Case] = [
         "bench-reference-unknown-element",
         lambda s: ["bench", "reference", "--labeler", "emt", "--elements", "Cu,Xx", "-o", "out"],
         Refused(r"key 'elements': .*unknown element symbol\(s\): Xx", absent=("out",)),
+    ),
+    # -- aloe study: a study that cannot run is refused before anything is written --
+    Case(
+        "study-unknown-arm",
+        lambda s: study(s, {"arms": ["al", "bandit"]}),
+        Refused(r"study\.yaml: key 'arms\.1': .*'al', 'random', 'near-eq' or 'combined'", absent=("out",)),
+    ),
+    Case(
+        "study-budget-zero",
+        lambda s: study(s, {"per_iteration": 0}),
+        Refused(r"study\.yaml: key 'per_iteration': .*greater than or equal to 1", absent=("out",)),
+    ),
+    Case(
+        "study-elements-the-labeler-lacks",
+        lambda s: study(s, {"elements": ["Al", "Fe"]}),
+        Refused(r"the labeler emt has no parameters for Fe", absent=("out",)),
+    ),
+    Case(
+        "study-test-set-without-structures",  # H has no crystal to relax, and no binaries are asked for
+        lambda s: study(s, {"elements": ["H"], "reference": {"binaries": []}}),
+        Refused(r"the test set would hold no structures \(section 'reference'\)", absent=("out",)),
+    ),
+    Case(
+        "study-combined-without-its-parts",
+        lambda s: study(s, {"arms": ["al", "combined"]}),
+        Refused(r"arm 'combined' trains on the data of 'al' and 'near-eq'", absent=("out",)),
+    ),
+    Case(
+        "study-stage-section-typo",
+        lambda s: study(s, {"train": {"preset": "tiny", "epochz": 3}}),
+        Refused(r"study section 'train': key 'epochz': unknown key", absent=("out",)),
     ),
     Case(
         "generate-into-a-foreign-folder",

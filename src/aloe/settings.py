@@ -107,8 +107,11 @@ def section_for(data: Mapping[str, Any], verb: str) -> dict[str, Any]:
     """The part of a config that belongs to ``verb``.
 
     A file whose top-level keys are all verb names (``generate:``, ``screen:`` ...) is a combined file and
-    the verb's section is used; any other file is taken whole as the verb's settings.
+    the verb's section is used; any other file is taken whole as the verb's settings. A study's settings hold
+    stage sections of their own: its file is taken whole unless it has a ``study:`` section.
     """
+    if verb == "study":
+        return dict(data.get("study") or {}) if "study" in data else dict(data)
     if data and all(k in VERBS for k in data):
         section = data.get(verb) or {}
         if not isinstance(section, dict):

@@ -147,7 +147,8 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-#: Every stage, in pipeline order (the stages of an iteration, then the optional bench of every committee).
+#: Every stage, in pipeline order: the stages of an iteration, then those beside it (the optional bench of every
+#: committee, the reference sets benchmarks need) and the study, which composes all of them.
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
@@ -170,6 +171,13 @@ STAGES: dict[str, StageSpec] = {
             {"potentials": ["placeholder"]},
             in_iteration=False,
         ),
+        StageSpec(
+            "bench-reference",
+            "aloe.bench.reference:BenchReferenceSettings",
+            "aloe.bench.reference:make_reference",
+            in_iteration=False,
+        ),
+        StageSpec("study", "aloe.study.settings:StudySettings", "aloe.study.stage:study", in_iteration=False),
     )
 }
 

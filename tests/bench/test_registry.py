@@ -29,6 +29,9 @@ def test_the_table_is_the_one_list_of_benchmarks():
         assert [h.keys for h in cls.HEADLINES[:2]] == [("n",), ("n_failed",)]
         assert all(isinstance(h, Headline) for h in cls.HEADLINES)
         assert cls.FIGURES is not None
+        # what a study judges the benchmark by: headlines with a direction
+        heads = {h.key: h for h in cls.HEADLINES}
+        assert cls.VERDICT and all(heads[k].better in ("lower", "higher") for k in cls.VERDICT)
     assert BenchSettings(potentials=["emt"], suite="all", structures="x").suite == list(BENCHMARK_NAMES)
     assert run_order(list(BENCHMARK_NAMES)) == ["ev", "forces", "equilibrium", "md"]  # cheap ones first
     assert report_order(["md", "custom", "ev"]) == ["ev", "md", "custom"]

@@ -39,6 +39,7 @@ def test_help_lists_only_built_verbs():
         "run",
         "screen",
         "select",
+        "study",
         "train",
     }
     bench = runner.invoke(app, ["bench", "--help"])

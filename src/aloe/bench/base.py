@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -159,12 +159,16 @@ class Headline:
         Factor from the metric's unit to the shown one (1000 for eV -> meV, 100 for a fraction -> percent).
     fmt
         Format of the shown value in Markdown and HTML (the CSV keeps full precision).
+    better
+        ``"lower"`` or ``"higher"`` when a smaller or larger value is better (errors, failure rates; survival),
+        ``None`` for counts and values without a direction.
     """
 
     keys: tuple[str, ...]
     label: str
     scale: float = 1.0
     fmt: str = "{:.3f}"
+    better: Literal["lower", "higher"] | None = None
 
     def raw(self, metrics: Mapping[str, Any]) -> float | None:
         """The metric's value in its own unit, or ``None`` when absent or not a number."""
@@ -172,6 +176,11 @@ class Headline:
             if key in metrics:
                 return as_float(metrics[key])
         return None
+
+    @property
+    def key(self) -> str:
+        """The metric's name (its first key)."""
+        return self.keys[0]
 
     def value(self, metrics: Mapping[str, Any]) -> float | None:
         """The value in the shown unit, or ``None``."""
@@ -252,6 +261,9 @@ class Benchmark:
     run_priority: ClassVar[int] = 0
     COLUMNS: ClassVar[dict[str, str]] = {}
     HEADLINES: ClassVar[tuple[Headline, ...]] = COUNT_HEADLINES
+    #: The metrics a comparison of data strategies judges the benchmark by (keys of :attr:`HEADLINES` that have a
+    #: direction, ``better``), most important first.
+    VERDICT: ClassVar[tuple[str, ...]] = ()
     BATCHED: ClassVar[bool] = False
     #: The function of :mod:`aloe.bench.report.figures` that draws the benchmark's figures, or ``None``.
     FIGURES: ClassVar[str | None] = None

@@ -247,14 +247,15 @@ class Equilibrium(Benchmark):
     run_priority: ClassVar[int] = 2
     HEADLINES: ClassVar[tuple[Headline, ...]] = (
         *COUNT_HEADLINES,
-        Headline(("e_coh_mae",), "E_coh MAE (meV/atom)", 1000.0, "{:.1f}"),
+        Headline(("e_coh_mae",), "E_coh MAE (meV/atom)", 1000.0, "{:.1f}", "lower"),
         Headline(("e_coh_std",), "E_coh std (meV/atom)", 1000.0, "{:.1f}"),
         Headline(("e_coh_mean_error",), "E_coh mean error (meV/atom)", 1000.0, "{:.1f}"),
-        Headline(("fingerprint_distance_mean",), "FP distance mean", 1.0, "{:.3f}"),
+        Headline(("fingerprint_distance_mean",), "FP distance mean", 1.0, "{:.3f}", "lower"),
         Headline(("fingerprint_distance_median",), "FP distance median", 1.0, "{:.3f}"),
         Headline(("n_unconverged",), "unconverged", 1.0, COUNT_FORMAT),
     )
     FIGURES: ClassVar[str | None] = "equilibrium_figures"
+    VERDICT: ClassVar[tuple[str, ...]] = ("e_coh_mae", "fingerprint_distance_mean")
     COLUMNS: ClassVar[dict[str, str]] = {
         "e_coh_ref": "reference cohesive energy (E_ref - sum of isolated-atom energies) / N (eV/atom)",
         "e_coh_pred": "cohesive energy of the relaxed structure: the same isolated-atom energies, or the "

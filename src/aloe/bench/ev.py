@@ -245,9 +245,9 @@ class EVScan(Benchmark):
     CHEAP_SETTINGS: ClassVar[dict[str, Any]] = {"n_points": 9}
     HEADLINES: ClassVar[tuple[Headline, ...]] = (
         *COUNT_HEADLINES,
-        Headline(("failure_rate",), "failure rate (%)", 100.0, "{:.1f}"),
-        Headline(("no_minimum_rate",), "no minimum (%)", 100.0, "{:.1f}"),
-        Headline(("flips_minus_one_abs_mean",), "mean abs(flips-1)", 1.0, "{:.3f}"),
+        Headline(("failure_rate",), "failure rate (%)", 100.0, "{:.1f}", "lower"),
+        Headline(("no_minimum_rate",), "no minimum (%)", 100.0, "{:.1f}", "lower"),
+        Headline(("flips_minus_one_abs_mean",), "mean abs(flips-1)", 1.0, "{:.3f}", "lower"),
         Headline(("flips_mean",), "mean flips", 1.0, "{:.2f}"),
         Headline(("tortuosity_mean",), "tortuosity", 1.0, "{:.3f}"),
         Headline(
@@ -267,6 +267,7 @@ class EVScan(Benchmark):
         ),
     )
     FIGURES: ClassVar[str | None] = "ev_figures"
+    VERDICT: ClassVar[tuple[str, ...]] = ("failure_rate", "flips_minus_one_abs_mean")
     COLUMNS: ClassVar[dict[str, str]] = {
         "strains": "linear strains s of the points (cell scaled by 1 + s), sorted by volume (dimensionless)",
         "volumes": "volume per atom of each point, sorted (A^3/atom)",

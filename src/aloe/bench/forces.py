@@ -253,11 +253,12 @@ class ForceParity(Benchmark):
     HEADLINES: ClassVar[tuple[Headline, ...]] = (
         *COUNT_HEADLINES,
         Headline(("n_components",), "components", 1.0, COUNT_FORMAT),
-        Headline(("force_mae",), "force MAE (meV/A)", 1000.0, "{:.1f}"),
-        Headline(("force_rmse",), "force RMSE (meV/A)", 1000.0, "{:.1f}"),
+        Headline(("force_mae",), "force MAE (meV/A)", 1000.0, "{:.1f}", "lower"),
+        Headline(("force_rmse",), "force RMSE (meV/A)", 1000.0, "{:.1f}", "lower"),
         Headline(("softening_slope",), "softening slope", 1.0, "{:.3f}"),
     )
     FIGURES: ClassVar[str | None] = "forces_figures"
+    VERDICT: ClassVar[tuple[str, ...]] = ("force_mae",)
     COLUMNS: ClassVar[dict[str, str]] = {
         "forces_ref": "reference force components, flattened atom by atom (x, y, z) (eV/A)",
         "forces_pred": "predicted force components, same order (eV/A)",

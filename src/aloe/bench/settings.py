@@ -99,7 +99,12 @@ class BenchSettings(StageSettings):
     )
     device: str | None = Field(None, description="cpu, cuda or auto (models that run on torch).")
     batch_size: int | None = Field(None, ge=1, description="Structures per forward pass (model default).")
-    threads: int | None = Field(None, ge=1, description="Torch threads per process.")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="Torch threads per process (1, as every stage: parallelism comes from workers, and a torch "
+        "model's multi-threaded sums differ from run to run in their last bits; None: torch's default).",
+    )
     report: Literal["html", "markdown", "none"] = Field(
         "html",
         description="Report: comparison tables and figures plus report.html (html), without it, or none.",

@@ -13,6 +13,7 @@ from aloe.cli import prototypes as prototypes_cli
 from aloe.cli import run as run_cli
 from aloe.cli import screen as screen_cli
 from aloe.cli import select as select_cli
+from aloe.cli import study as study_cli
 from aloe.cli import train as train_cli
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.command("label", help=label_cli.HELP)(label_cli.label_command)
 app.command("train", help=train_cli.HELP)(train_cli.train_command)
 app.command("run", help=run_cli.HELP)(run_cli.run_command)
 app.add_typer(bench_cli.app, name="bench", help=bench_cli.HELP)
+app.command("study", help=study_cli.HELP)(study_cli.study_command)
 
 
 def _version(value: bool) -> None:

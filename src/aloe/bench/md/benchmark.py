@@ -92,14 +92,23 @@ class MDStability(Benchmark):
             headline
             for ens in ENSEMBLES
             for headline in (
-                Headline((f"{ens}_completed_share_mean",), f"{ens.upper()} completed (%)", 100.0, "{:.1f}"),
-                Headline((f"{ens}_survived_share",), f"{ens.upper()} survived (%)", 100.0, "{:.1f}"),
+                Headline(
+                    (f"{ens}_completed_share_mean",),
+                    f"{ens.upper()} completed (%)",
+                    100.0,
+                    "{:.1f}",
+                    "higher",
+                ),
+                Headline(
+                    (f"{ens}_survived_share",), f"{ens.upper()} survived (%)", 100.0, "{:.1f}", "higher"
+                ),
                 Headline((f"{ens}_survival_auc",), f"{ens.upper()} survival AUC", 1.0, "{:.3f}"),
                 Headline((f"{ens}_steps_per_second_mean",), f"{ens.upper()} steps/s", 1.0, "{:.3g}"),
             )
         ),
     )
     FIGURES: ClassVar[str | None] = "md_figures"
+    VERDICT: ClassVar[tuple[str, ...]] = ("npt_completed_share_mean", "nvt_completed_share_mean")
 
     def __init__(
         self,
