@@ -531,3 +531,33 @@ def test_fine_tuning_from_a_member_and_growing_the_committee(committee, labelled
         "mean",
     ]
     assert grown.products["errors"][:2] == committee.products["errors"][:2]
+
+
+@pytest.mark.slow
+def test_a_killed_training_restarts_to_the_uninterrupted_model(labelled, tmp_path):
+    """resume: restart forgets a killed training's checkpoints and trains again: the very model of a whole run."""
+    from aloe.potentials.base import file_digest
+    from aloe.train.stage import train
+
+    whole = train(_settings([labelled], tmp_path / "whole", committee_size=1, epochs=12, resume="restart"))
+    out = tmp_path / "run"
+    settings = _settings([labelled], out, committee_size=1, epochs=12, resume="restart")
+    script = (
+        "from aloe.train.settings import TrainSettings\nfrom aloe.train.stage import train\n"
+        f"train(TrainSettings.model_validate_json({settings.model_dump_json()!r}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    checkpoints = out / "members" / "member-0" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(checkpoints.glob("*_epoch-*.pt")):
+        time.sleep(0.2)
+    assert any(checkpoints.glob("*_epoch-*.pt")), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "models" / "member-0.model").exists()
+    train(settings)
+    log = (out / "members" / "member-0" / "train.log").read_text()
+    last = log.split("# aloe:")[-1]
+    assert "Cannot find checkpoint" in last and "Epoch 0:" in last  # started again, not continued
+    model, reference = out / "models" / "member-0.model", whole.run_dir / "models" / "member-0.model"
+    assert file_digest(str(model)) == file_digest(str(reference))

@@ -150,7 +150,15 @@ class Study:
 
     def train_section(self) -> dict[str, Any]:
         """The train section with the study's training seed (the same in every arm)."""
-        return {**self.settings.train, "seed": self.settings.seed}
+        return {**self.trained(), "seed": self.settings.seed}
+
+    def trained(self) -> dict[str, Any]:
+        """The train section as every arm uses it.
+
+        A member killed mid-training starts again from the beginning: the same model as an uninterrupted run, so
+        a killed study gives the same tables.
+        """
+        return {"resume": "restart", **self.settings.train}
 
     def screen_section(self) -> dict[str, Any]:
         """The screen section of ``al``: total energies by default (one functional, one energy scale)."""
@@ -164,7 +172,7 @@ class Study:
             "screen": self.screen_section(),
             "select": dict(self.settings.select),
             "label": self.label_section(),
-            "train": dict(self.settings.train),
+            "train": self.trained(),
         }
 
     # ---- 1. the test set ---------------------------------------------------------------------------------------------
@@ -213,9 +221,11 @@ class Study:
     def arm_random(self) -> list[Committee]:
         """The ``random`` arm: the same candidates, as many uniform picks per iteration as ``al`` labelled."""
         s = self.settings
-        budgets = [max(1, n) for n in self.labelled_per_iteration("al")]
+        # as many picks per iteration as al labelled (al may have stopped early: as many iterations, too)
+        budgets = [max(1, n) for n in self.labelled_per_iteration("al")] if "al" in s.arms else []
+        budgets = budgets or [s.per_iteration] * s.iterations
         run = {
-            "iterations": s.iterations,
+            "iterations": len(budgets),
             "seed_dataset": [str(self.path / SEED_DIR / "label")],
             "max_label": budgets,
             "seed": s.seed,

@@ -41,7 +41,7 @@ RESERVED: dict[str, str] = {
     "device": "device",
     "max_num_epochs": "epochs",
     "foundation_model": "foundation_model",
-    "restart_latest": "(always on: a killed training continues from its checkpoint)",
+    "restart_latest": "resume (checkpoint: a killed training continues from its checkpoint; restart: it starts again)",
     "atomic_numbers": "(set by aloe: every element of the dataset)",
 }
 

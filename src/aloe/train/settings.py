@@ -169,6 +169,12 @@ class TrainSettings(StageSettings):
         "tiny (tests and demos).",
     )
     epochs: int | None = Field(None, ge=1, description="Maximum epochs (default: the preset's).")
+    resume: Literal["checkpoint", "restart"] = Field(
+        "checkpoint",
+        description="A member whose training was killed: 'checkpoint' continues from mace-torch's last checkpoint "
+        "(the epochs after the best one are repeated; the model may differ in its last digits from an "
+        "uninterrupted one), 'restart' trains it again from the start (the same model as an uninterrupted run).",
+    )
     mace_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Any mace-torch run_train option (flag name without --) over the preset, e.g. "
@@ -201,6 +207,7 @@ class TrainSettings(StageSettings):
     #: May change when a run folder is reused: raising committee_size adds members to a finished committee.
     RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {
         "committee_size",
+        "resume",
         "device",
         "threads",
         "eval_batch_size",

@@ -240,6 +240,18 @@ def _failure_line(log: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def _forget_training(folder: Path, k: int) -> None:
+    """Remove what a killed training of member ``k`` left, so that it starts from the beginning.
+
+    mace-torch's checkpoints, logs, results and model files go; the member's inputs (split, extxyz parts,
+    arguments) stay.
+    """
+    for name in ("checkpoints", "logs", "results"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for leftover in folder.glob(f"{member_name(k)}*.model"):
+        leftover.unlink(missing_ok=True)
+
+
 def _member_task(task: dict[str, Any]) -> dict[str, Any]:
     """Train one member (unless its model exists) and test it (unless cached); runs in a worker process."""
     folder = Path(task["folder"])
@@ -247,6 +259,8 @@ def _member_task(task: dict[str, Any]) -> dict[str, Any]:
     k = task["member"]
     out: dict[str, Any] = {"member": k, "trained_now": False, "evaluated_now": False, "seconds_train": 0.0}
     if not model.exists():
+        if task.get("resume") == "restart":
+            _forget_training(folder, k)
         code, seconds = _run_mace(folder, task["argv"], task["threads"])
         out["seconds_train"] = seconds
         produced = folder / f"{member_name(k)}.model"
@@ -532,6 +546,7 @@ def train(
                 "threads": settings.threads,
                 "device": settings.device,
                 "eval_batch_size": settings.eval_batch_size,
+                "resume": settings.resume,
             }
         )
     timings["prepare"] = time.perf_counter() - t0
