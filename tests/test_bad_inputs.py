@@ -650,6 +650,17 @@ CASES: list[Case] = [
         Refused(r"arm 'combined' trains on the data of 'al' and 'near-eq'", absent=("out",)),
     ),
     Case(
+        "study-sample-exceeds-the-space",  # Cu, Ni in rock salt: one candidate
+        lambda s: study(
+            s,
+            {
+                "elements": ["Cu", "Ni"],
+                "generate": {"prototypes": {"source": "builtin", "names": ["aflow_AB_cF8_225_a_b"]}},
+            },
+        ),
+        Refused(r"study: seed_structures = \d+ exceeds the 1 candidate of the space", absent=("out",)),
+    ),
+    Case(
         "study-stage-section-typo",
         lambda s: study(s, {"train": {"preset": "tiny", "epochz": 3}}),
         Refused(r"study section 'train': key 'epochz': unknown key", absent=("out",)),

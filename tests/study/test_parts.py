@@ -101,3 +101,18 @@ def test_the_verdict_names_the_best_arm_and_says_when_the_lead_is_within_the_spr
         e for e in verdict(rows, {"al": 1, "random": 1})["md"] if e["metric"] == "npt_completed_share_mean"
     )
     assert md["best"] == "random" and md["clear"] is True
+
+
+def test_arms_with_equal_means_tie_and_no_arm_is_called_best():
+    rows = _rows("al", [1.0, 1.0], "md", "nvt_completed_share_mean") + _rows(
+        "random", [1.0, 1.0], "md", "nvt_completed_share_mean"
+    )
+    rows += _rows("near-eq", [0.9, 1.0], "md", "nvt_completed_share_mean")
+    md = next(
+        e
+        for e in verdict(rows, {"al": 1, "random": 1, "near-eq": 1})["md"]
+        if e["metric"] == "nvt_completed_share_mean"
+    )
+    assert md["tied"] == ["al", "random"] and md["lead"] == 0.0 and md["clear"] is False
+    line = next(text for text in verdict_lines({"md": [md]}) if "NVT" in text)
+    assert "al, random tie at 100.0: no lead" in line and "best" not in line

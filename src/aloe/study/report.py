@@ -129,6 +129,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], finals: Mapping[str, int]) -> dic
             if ranked:
                 best, mean, std = ranked[0]
                 entry["best"] = best
+                entry["tied"] = [arm for arm, m, _ in ranked if m == mean]
                 if len(ranked) > 1:
                     second, mean2, std2 = ranked[1]
                     lead, spread = abs(mean - mean2), max(std or 0.0, std2 or 0.0)
@@ -189,6 +190,10 @@ def verdict_lines(found: Mapping[str, list[dict[str, Any]]]) -> list[str]:
                 lines.append(f"- {bench}, {e['label']}: no values.")
                 continue
             best = e["arms"][e["best"]]
+            if len(e.get("tied", [])) > 1:
+                tied = ", ".join(e["tied"])
+                lines.append(f"- {bench}, {e['label']}: {tied} tie at {_shown(head, best['mean'])}: no lead.")
+                continue
             text = f"- {bench}, {e['label']} ({e['better']} is better): best **{e['best']}** ({_shown(head, best['mean'])})"
             if e["runner_up"] is None:
                 lines.append(text + ", the only arm with values.")
@@ -398,7 +403,10 @@ def write_study_report(
         [arm, str(c.index), str(budgets[(arm, c.index)]["structures"]), str(budgets[(arm, c.index)]["atoms"])]
         for arm, c in finals.items()
     ]
-    lines += [*markdown_table(["arm", "committee", "labelled structures", "labelled atoms"], budget_rows), ""]
+    lines += [
+        *markdown_table(["arm", "final committee", "labelled structures", "labelled atoms"], budget_rows),
+        "",
+    ]
     lines += [
         "## Leakage check",
         "",

@@ -449,6 +449,40 @@ def check_config(settings: StudySettings) -> None:
     )
     if not [c for c in starting_crystals(reference) if c[1] is not None]:
         raise AloeError("study: the test set would hold no structures (section 'reference')")
+    _check_candidate_space(s)
+
+
+#: Candidate spaces up to this size are counted before a study starts (a count scans the space once).
+SPACE_CHECK_LIMIT = 2_000_000
+
+
+def _check_candidate_space(s: StudySettings) -> None:
+    """Refuse samples the candidate space cannot give (found before any DFT, not in the middle of an arm)."""
+    from aloe.generate.settings import GenerateSettings
+    from aloe.generate.stage import load_space
+
+    wanted = [("seed_structures", s.seed_structures, "default")]
+    sample = s.generate.get("sample")
+    if sample is not None and {"al", "random"} & set(s.arms):
+        wanted.append(("generate.sample", int(sample), "default"))
+    if "near-eq" in s.arms:
+        wanted.append(("near_eq_starts", s.near_eq_starts, "near-eq"))
+    for mode in dict.fromkeys(m for _, _, m in wanted):
+        extra = {"mode": "near-eq", "near_eq": s.near_eq} if mode == "near-eq" else {}
+        settings = GenerateSettings.model_validate(
+            {**s.generate, "elements": list(s.elements), **extra, "output": None}
+        )
+        space = load_space(settings, progress=False)
+        if space.size > SPACE_CHECK_LIMIT:
+            continue
+        kept = len(space.kept_in_range(0, space.size))
+        for key, n, m in wanted:
+            if m == mode and n > kept:
+                raise AloeError(
+                    f"study: {key} = {n} exceeds the {kept} candidate{'s' if kept != 1 else ''} of the space "
+                    "(elements x prototypes of "
+                    "section 'generate'); lower it or widen the prototypes"
+                )
 
 
 # ---- the stage ------------------------------------------------------------------------------------------------------
