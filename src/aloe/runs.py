@@ -71,6 +71,16 @@ def default_run_dir(verb: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{verb}-{stamp}"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask when aloe was imported: the permissions every file aloe writes gets (as ``open`` gives).
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success rename it onto ``target``, on failure delete it."""
@@ -81,6 +91,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); a run folder on a shared filesystem is read by the group
+        os.chmod(tmp_path, (0o777 if tmp_path.is_dir() else 0o666) & ~_UMASK)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -419,43 +419,51 @@ def read_metrics(run_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
 
 
 def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], settings: ScreenSettings):
-    """Counts per outcome, selection rates per element and prototype, tables and plots."""
+    """Counts per outcome, selection rates per element and prototype, tables and plots.
+
+    The metrics are read one chunk file at a time: the client keeps four numbers and one code per structure (for
+    the quantiles and histograms), not the table, so a screen of millions of candidates ends in little memory.
+    """
     from aloe.screen.plots import plot_disagreements, plot_selection_by_element
 
-    table = read_metrics(
-        run_dir,
-        [
-            "outcome",
-            "elements",
-            "prototype",
-            "factor",
-            "energy_disagreement",
-            "force_disagreement",
-            "stress_disagreement",
-        ],
-    )
-    outcome = np.array(table.column("outcome").to_pylist())
-    counts: dict[str, Any] = {"structures": len(outcome), "committee": names}
-    counts["outcomes"] = {name: int((outcome == name).sum()) for name in OUTCOMES}
-    evaluated = np.isin(outcome, ["selected", "rejected", "discarded"])
-    counts["selection_rate"] = round(float((outcome == SELECTED).sum() / max(evaluated.sum(), 1)), 6)
-
+    files = sorted((Path(run_dir) / METRICS_DIR).glob("chunk-*.parquet"))
+    if not files:
+        raise AloeError(f"{run_dir}: no screen metrics found")
+    code_of = {name: i for i, name in enumerate(OUTCOMES)}
+    labels = np.array([*OUTCOMES, "other"])
+    kinds = ("energy", "force", "stress")
+    codes_parts: list[np.ndarray] = []
+    factor_parts: list[np.ndarray] = []
+    dis_parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     per_element: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_proto: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for elements, proto, out, ok in zip(
-        table.column("elements").to_pylist(),
-        table.column("prototype").to_pylist(),
-        outcome,
-        evaluated,
-        strict=True,
-    ):
-        if not ok:
-            continue
-        for symbol in elements.split("-"):
-            per_element[symbol][0] += 1
-            per_element[symbol][1] += out == SELECTED
-        per_proto[proto][0] += 1
-        per_proto[proto][1] += out == SELECTED
+    columns = ["outcome", "elements", "prototype", "factor", *(f"{k}_disagreement" for k in kinds)]
+    for file in files:
+        table = pq.read_table(str(file), columns=columns)
+        outcomes = table.column("outcome").to_pylist()
+        codes_parts.append(np.array([code_of.get(o, len(OUTCOMES)) for o in outcomes], dtype=np.int8))
+        factor_parts.append(np.asarray(table.column("factor").to_numpy(zero_copy_only=False), dtype=float))
+        for k in kinds:
+            column = table.column(f"{k}_disagreement").to_numpy(zero_copy_only=False)
+            dis_parts[k].append(np.asarray(column, dtype=float))
+        for elements, proto, out in zip(
+            table.column("elements").to_pylist(), table.column("prototype").to_pylist(), outcomes, strict=True
+        ):
+            if out not in ("selected", "rejected", "discarded"):
+                continue
+            hit = out == SELECTED
+            for symbol in elements.split("-"):
+                per_element[symbol][0] += 1
+                per_element[symbol][1] += hit
+            per_proto[proto][0] += 1
+            per_proto[proto][1] += hit
+        del table, outcomes
+    codes = np.concatenate(codes_parts)
+    outcome = labels[codes]
+    counts: dict[str, Any] = {"structures": len(codes), "committee": names}
+    counts["outcomes"] = {name: int((codes == i).sum()) for i, name in enumerate(OUTCOMES)}
+    evaluated = np.isin(outcome, ["selected", "rejected", "discarded"])
+    counts["selection_rate"] = round(float((outcome == SELECTED).sum() / max(evaluated.sum(), 1)), 6)
     rates_el = {
         k: {"evaluated": v[0], "selected": int(v[1]), "rate": round(v[1] / v[0], 4)}
         for k, v in sorted(per_element.items(), key=lambda kv: symbol_to_z(kv[0]))
@@ -467,11 +475,8 @@ def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], setting
     _write_csv(run_dir / "selection_by_element.csv", "element", rates_el)
     _write_csv(run_dir / "selection_by_prototype.csv", "prototype", rates_pr)
 
-    factor = np.array(table.column("factor").to_pylist(), dtype=float)
-    dis = {
-        k: np.array(table.column(f"{k}_disagreement").to_pylist(), dtype=float)
-        for k in ("energy", "force", "stress")
-    }
+    factor = np.concatenate(factor_parts)
+    dis = {k: np.concatenate(parts) for k, parts in dis_parts.items()}
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     t = settings.thresholds
