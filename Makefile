@@ -10,7 +10,7 @@ GPAW_CONFIG ?= $(CURDIR)/install/gpaw-siteconfig.py
 GPAW_VERSION := $(shell sed -n 's/^gpaw==//p' constraints.txt)
 LIBXC_PREFIX := $(abspath $(VENV))/libxc
 
-.PHONY: install demo test test-slow test-all lint bench study clean
+.PHONY: install demo test test-slow test-slurm test-all lint bench study clean
 
 $(STAMP): pyproject.toml constraints.txt install/gpaw-siteconfig.py install/libxc-requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not slurm"
+
+# A real single-node Slurm cluster (install/local-slurm.sh: apt-get slurm-wlm and munge, root): about 7 minutes
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -q -m slurm
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
