@@ -64,3 +64,16 @@ def test_shard_validation():
     with pytest.raises(AloeError, match="shard"):
         build_settings(GenerateSettings, None, {"shard": "3/3"})
     assert GenerateSettings(shard="1/4").shard_tuple() == (1, 4)
+
+
+def test_relative_paths_become_absolute_before_a_stage_runs(tmp_path, monkeypatch):
+    """Workers of a cluster run elsewhere: the CLI hands stages absolute paths (nested settings too)."""
+    from aloe.settings import absolute_paths
+    from aloe.train.settings import TrainSettings
+
+    monkeypatch.chdir(tmp_path)
+    settings = TrainSettings(inputs=["a/label", str(tmp_path / "b.jsonl")], output="runs/train")
+    resolved = absolute_paths(settings)
+    assert resolved.inputs == [tmp_path / "a" / "label", tmp_path / "b.jsonl"]
+    assert resolved.output == tmp_path / "runs" / "train"
+    assert resolved.preset == settings.preset and absolute_paths(resolved) is resolved

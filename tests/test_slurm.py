@@ -37,6 +37,7 @@ from tests.conftest import write_prototypes
 from tests.loop.test_loop import LJ_COMMITTEE, loop_config
 from tests.slurm_cluster import slurm_cluster, slurm_jobs, wait_for  # noqa: F401
 from tests.test_dask_end_to_end import PRODUCTS, product_bytes
+from tests.train.test_train import labelled  # noqa: F401  (the module-scoped fixture)
 
 # Not importorskip: the workers import this module for its committee member, in a thread, and importing
 # dask_jobqueue there fails (it sets a signal handler on import).
@@ -497,7 +498,10 @@ def test_the_watcher_replaces_a_job_whose_workers_left_and_only_that(processes, 
     cluster = FakeCluster(processes)
     said: list[str] = []
     settings = ClusterSettings(kind="slurm", jobs=2, cores=2, processes=processes)
-    watcher = JobWatcher(cluster, settings, say=said.append, grace=15)
+    queue = {"102": "PENDING (Priority)"}
+    watcher = JobWatcher(
+        cluster, settings, say=said.append, grace=15, lookup=lambda kind, job: queue.get(job, "")
+    )
 
     def check(now: float) -> None:
         asyncio.run(watcher.check(now))
@@ -509,9 +513,13 @@ def test_the_watcher_replaces_a_job_whose_workers_left_and_only_that(processes, 
     cluster.connect(a)
     check(2)
     assert watcher.seen["101"].connected == 2 and watcher.seen["102"].connected is None
-    # b never connects (queued for hours): never lost
+    # b never connects (queued for hours): never lost; the log says what the queue says of it, every 300 s
     check(1000)
     assert not watcher.lost
+    assert (
+        "slurm job 102 (aloe-1): no worker 1000 s after it was submitted; the queue says PENDING (Priority)"
+        in (caplog.text)
+    )
     # a's worker restarts (its nanny): back within the grace period, not lost
     cluster.leave(a)
     check(1002)
@@ -542,6 +550,70 @@ def test_the_watcher_replaces_a_job_whose_workers_left_and_only_that(processes, 
     assert "slurm jobs: 4 submitted (101, 102, 103, 104), 2 lost and replaced (101, 102)" in caplog.text
 
 
+def test_the_watcher_stops_the_run_after_three_jobs_in_a_row_ended_without_a_worker(caplog):
+    import asyncio
+    import logging
+
+    from aloe.executors import MAX_FAILED_STARTS, JobWatcher
+
+    cluster = FakeCluster()
+    said: list[str] = []
+    failed: list[bool] = []
+    watcher = JobWatcher(
+        cluster,
+        ClusterSettings(kind="slurm", jobs=1),
+        say=said.append,
+        grace=15,
+        notice=60,
+        on_failure=lambda: failed.append(True),
+        lookup=lambda kind, job: "",  # every job has left the queue (its prologue fails)
+    )
+    caplog.set_level(logging.INFO, logger="aloe.executors")
+    cluster.submit()
+    for attempt in range(MAX_FAILED_STARTS):
+        asyncio.run(watcher.check(100 * attempt))
+        assert watcher.failure is None and not failed
+        asyncio.run(watcher.check(100 * attempt + 60))
+    assert watcher.failed_starts == ["101", "102", "103"]
+    assert "slurm job 101 (aloe-0) ended before any worker connected (1 of 3" in said[0]
+    assert (
+        watcher.failure is not None
+        and "3 slurm jobs in a row (101, 102, 103) ended before any worker" in said[-1]
+    )
+    assert failed == [True] and not cluster.worker_spec  # no job submitted again
+    asyncio.run(watcher.check(1000))
+    assert len(said) == 3 and "104" not in watcher.seen
+    # a worker that connects resets the count: a node that failed once is not a broken script
+    cluster2 = FakeCluster()
+    w2 = JobWatcher(
+        cluster2, ClusterSettings(kind="slurm", jobs=1), grace=15, notice=60, lookup=lambda k, j: ""
+    )
+    cluster2.submit()
+    asyncio.run(w2.check(0))
+    asyncio.run(w2.check(60))  # 101 gone -> 102
+    asyncio.run(w2.check(61))
+    cluster2.connect(next(iter(cluster2.workers)))
+    asyncio.run(w2.check(62))
+    assert w2.failed_starts == [] and w2.failure is None
+
+
+def test_a_job_script_that_fails_stops_the_run_with_a_clear_error(slurm_cluster, tmp_path):  # noqa: F811
+    """A prologue that exits: every job ends before its worker starts; after three such jobs the map raises."""
+    from aloe.errors import AloeError
+
+    section = slurm_executor(tmp_path, slurm_cluster.partition, prologue=("exit 3",))
+    section["cluster"]["start_notice"] = 3
+    cluster = ClusterSettings.model_validate(section["cluster"])
+    t0 = time.monotonic()
+    with open_executor(ExecutorSettings(kind="dask", cluster=cluster)) as executor:
+        with pytest.raises(AloeError, match=r"jobs in a row .* ended before any worker connected"):
+            list(executor.map_unordered(abs, [-1, -2, -3]))
+        ids = list(executor.watcher.seen)
+    print(f"stopped after {time.monotonic() - t0:.0f} s; jobs {ids}")
+    assert len(ids) >= 3
+    assert_jobs_gone(set(ids))
+
+
 def test_the_watcher_names_the_job_the_cluster_submitted_again_itself(caplog):
     import asyncio
     import logging
@@ -564,3 +636,70 @@ def test_the_watcher_names_the_job_the_cluster_submitted_again_itself(caplog):
     assert watcher.lost == ["101"] and watcher.seen["200"].connected == 4
     assert "slurm job 200 (aloe-0) replaces job 101" in caplog.text
     assert len(cluster.worker_spec) == 1  # nothing more submitted
+
+
+def test_a_killed_clients_jobs_end_by_themselves_and_the_rerun_finishes(
+    slurm_cluster,  # noqa: F811
+    pool_run,
+    protos,
+    tmp_path,
+):
+    """SIGKILL the client once its workers work: nothing cancels its jobs, their workers' death timeout ends them.
+
+    dask-jobqueue starts workers with ``--death-timeout 60``: a worker that cannot reach its scheduler for 60 s
+    exits, and its job ends with it. The same command run again resumes the run and gives the pool's products.
+    """
+    config = write_config(tmp_path, protos, slurm_executor(tmp_path, slurm_cluster.partition))
+    proc = start_run(config, tmp_path)
+    try:
+        jobs = wait_for(two_running_jobs, 120, what="two running jobs")
+        run = tmp_path / "run"
+        wait_for(
+            lambda: any(run.glob("iter-00/screen/metrics/*.parquet")),
+            300,
+            interval=0.5,
+            what="a screen chunk",
+        )
+    finally:
+        proc.kill()
+        proc.communicate()
+    ids = {j.id for j in jobs}
+    t_kill = time.monotonic()
+    wait_for(
+        lambda: not [j for j in slurm_jobs(JOB_NAME) if j.id in ids and j.state in ("PENDING", "RUNNING")],
+        180,
+        what=f"the killed client's jobs {sorted(ids)} to end by themselves",
+    )
+    print(f"jobs of the killed client ended {time.monotonic() - t_kill:.0f} s after the kill")
+    finish(start_run(config, tmp_path), run)
+    assert_same_products(run, pool_run)
+
+
+# ---- training members as Slurm jobs of their own (train.launcher slurm) -------------------------------------------
+def test_a_member_trained_in_a_slurm_job_of_its_own_equals_one_trained_locally(
+    slurm_cluster,  # noqa: F811
+    labelled,  # noqa: F811
+    tmp_path,
+):
+    """``launcher: slurm`` on CPUs: srun runs mace's run_train as its own job; the model is the local one's."""
+    import numpy as np
+
+    from aloe.train.stage import job_name, load_predictions, train
+    from tests.train.test_train import _settings
+
+    runs = {}
+    for launcher in ("local", "slurm"):
+        extra = {"srun_options": [f"--partition={slurm_cluster.partition}"]} if launcher == "slurm" else {}
+        settings = _settings(
+            [labelled], tmp_path / launcher, committee_size=1, epochs=2, launcher=launcher, **extra
+        )
+        runs[launcher] = train(settings)
+    folder = runs["slurm"].run_dir / "members" / "member-0"
+    name = job_name(runs["slurm"].run_dir, 0)
+    jobs = slurm_jobs(name, finished=True)
+    assert [job.state for job in jobs] == ["COMPLETED"], jobs
+    assert f"# aloe: srun --job-name={name} --nodes=1 --ntasks=1" in (folder / "train.log").read_text()
+    local = load_predictions(runs["local"].run_dir / "members" / "member-0" / "test_predictions.npz")
+    remote = load_predictions(folder / "test_predictions.npz")
+    for key in ("e_pred", "f_pred", "s_pred"):
+        assert np.allclose(local[key], remote[key], rtol=1e-9, atol=1e-12), key

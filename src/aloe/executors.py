@@ -52,6 +52,10 @@ CLOSE_GRACE_S = 2.0
 CONNECT_TIMEOUT = "30s"
 #: Seconds between two looks at a batch cluster's jobs (:class:`JobWatcher`).
 WATCH_INTERVAL_S = 2.0
+#: Seconds a batch job may wait for its first worker before the run log says what the queue says of it.
+START_NOTICE_S = 300.0
+#: Jobs in a row that end before any worker connected: then the job script is broken, and the run stops.
+MAX_FAILED_STARTS = 3
 
 #: Job events (submitted, connected, lost) go to the run log through this logger.
 _log = logging.getLogger("aloe.executors")
@@ -81,6 +85,13 @@ class ClusterSettings(AloeSettings):
         "01:00:00",
         description="Walltime per job (slurm, pbs), HH:MM:SS. A job that reaches it (or ends otherwise) is "
         "replaced by a new one; the tasks it was running start again elsewhere.",
+    )
+    start_notice: float = Field(
+        START_NOTICE_S,
+        gt=0,
+        description="Seconds a job may wait for its first worker before the run log gets its queue state (slurm: "
+        "squeue's state and reason), and between two such lines. A job that left the queue without any worker is "
+        f"replaced; after {MAX_FAILED_STARTS} in a row the run stops (the job script fails).",
     )
     account: str | None = Field(None, description="Account / project to charge (slurm, pbs).")
     queue: str | None = Field(None, description="Partition (slurm) or queue (pbs).")
@@ -124,7 +135,8 @@ class Executor:
 
     - ``limit``: at most this many of these tasks run at once (a stage's ``workers``); ``None``: as many as the
       executor has workers.
-    - ``gpu``: the tasks run models on a GPU; on a cluster with GPU workers they go only there.
+    - ``gpu``: the tasks run models on a GPU; on a cluster with GPU workers they go only there. A number: the
+      GPUs each task needs at once (a member's multi-GPU training; Dask's resource ``GPU``).
 
     An executor is a context manager; :meth:`close` ends what it started (pool processes, a cluster).
     """
@@ -139,7 +151,7 @@ class Executor:
         tasks: Iterable[Any],
         *,
         limit: int | None = None,
-        gpu: bool = False,
+        gpu: bool | int = False,
     ) -> Iterator[Any]:
         """Yield ``fn(task)`` for every task, in completion order."""
         raise NotImplementedError
@@ -337,6 +349,8 @@ class DaskExecutor(Executor):
         self.settings = settings
         self.cluster = None
         self.watcher: JobWatcher | None = None
+        #: The futures of the stage in flight (the watcher cancels them when no job can start).
+        self._outstanding: set[Any] = set()
         self._own_client = client is None
         if client is not None:
             self.client = client
@@ -364,7 +378,13 @@ class DaskExecutor(Executor):
             address = "" if settings.scheduler else f"scheduler {self.scheduler_address}, "
             announce(f"{where}; {address}dashboard {link}")
         if self.cluster is not None and settings.cluster.kind != "local":
-            self.watcher = JobWatcher(self.cluster, settings.cluster, say=announce)
+            self.watcher = JobWatcher(
+                self.cluster,
+                settings.cluster,
+                say=announce,
+                notice=settings.cluster.start_notice,
+                on_failure=self._cancel_outstanding,
+            )
             self.watcher.start()
 
     @property
@@ -394,7 +414,7 @@ class DaskExecutor(Executor):
         connected = sum(int(w.get("nthreads", 1) or 1) for w in self._scheduler_workers())
         return max(expected, connected, 1)
 
-    def _resources(self, gpu: bool) -> dict[str, float] | None:
+    def _resources(self, gpu: bool | int) -> dict[str, float] | None:
         """Dask resources the tasks ask for.
 
         ``GPU`` for model work on a cluster with GPU workers; ``CPU`` for the rest when some workers are tagged
@@ -407,7 +427,7 @@ class DaskExecutor(Executor):
         if self.cluster is not None:
             tags |= _worker_resources(self.settings.cluster).keys()
         if gpu and "GPU" in tags:
-            return {"GPU": 1}
+            return {"GPU": int(gpu)}  # True: one GPU
         if not gpu and "CPU" in tags:
             return {"CPU": 1}
         return None
@@ -439,10 +459,12 @@ class DaskExecutor(Executor):
         # with_results: the client fetches each result as its task finishes, in the background (a blocking
         # future.result() per task capped the client at about 100 tasks/s).
         running = as_completed(with_results=True)
+        self._outstanding = outstanding
         try:
+            self._check_jobs()
             for task in islice(task_iter, window):
                 running.add(submit(task))
-            for future, result in running:
+            for future, result in self._completed(running):
                 outstanding.discard(future)
                 future.release()
                 nxt = next(task_iter, _END)
@@ -454,6 +476,31 @@ class DaskExecutor(Executor):
                 with contextlib.suppress(Exception):
                     self.client.cancel(list(outstanding))
             outstanding.clear()
+
+    def _check_jobs(self) -> None:
+        """Raise the watcher's failure (the cluster's jobs cannot start), if any."""
+        if self.watcher is not None and self.watcher.failure is not None:
+            raise AloeError(self.watcher.failure)
+
+    def _completed(self, running: Any) -> Iterator[tuple[Any, Any]]:
+        """``running``'s (future, result) pairs; a cancelled task stops the stage with the reason.
+
+        A cancelled future comes out of ``as_completed`` with its ``CancelledError`` as its result.
+        """
+        for future, result in running:
+            if future.status == "cancelled":
+                self._check_jobs()
+                raise AloeError(f"a task was cancelled on the Dask scheduler ({future.key})")
+            yield future, result
+
+    def _cancel_outstanding(self) -> None:
+        """Cancel the tasks in flight (the watcher found that no job can start: the stage stops).
+
+        Called on the cluster's event loop: the client's blocking ``cancel`` runs in a thread of its own.
+        """
+        client, futures = self.client, list(self._outstanding)
+        if client is not None and futures:
+            threading.Thread(target=client.cancel, args=(futures,), daemon=True).start()
 
     def describe(self) -> str:
         """One line for the log."""
@@ -584,6 +631,8 @@ class _Job:
     connected: float | None = None
     left: float | None = None
     lost: bool = False
+    #: When the job's state in the queue was last looked up (it has no worker yet).
+    looked: float | None = None
 
 
 class JobWatcher:
@@ -602,7 +651,12 @@ class JobWatcher:
     - every worker of a job that had connected has been gone for ``grace`` seconds (Dask's
       ``distributed.deploy.lost-worker-timeout``, 15 s; a worker that its nanny restarts is back sooner), or the
       cluster dropped the job: the job is lost (``say`` gets a line). It is cancelled if it still runs, dropped from
-      the cluster, and a new job is submitted, so the cluster keeps ``jobs`` jobs.
+      the cluster, and a new job is submitted, so the cluster keeps ``jobs`` jobs;
+    - a job without a worker ``notice`` seconds after its submission (Slurm): the run log gets its state and reason
+      from ``squeue`` (``PENDING (Priority)``), again every ``notice`` seconds. A job that has left the queue without
+      any worker connecting (a failing prologue, a wrong python) is replaced like a lost one. After
+      :data:`MAX_FAILED_STARTS` such jobs in a row the job script is broken: :attr:`failure` says so, no job is
+      submitted again, and the executor stops the stage with that message.
 
     The checks run on the cluster's event loop (the thread only wakes it), so the cluster's state is read and
     changed where Dask changes it.
@@ -623,6 +677,12 @@ class JobWatcher:
         Called with the line of each lost job (the CLI shows it); default: the run log only.
     interval, grace
         Seconds between two looks; seconds a job may have no worker before it counts as lost.
+    notice
+        Seconds a job may wait for its first worker before its queue state is looked up (and between lookups).
+    on_failure
+        Called (on the cluster's event loop) once the job script is found broken; the executor cancels its tasks.
+    lookup
+        ``(kind, job id) -> state`` as :func:`queue_state` gives it (the default; tests give a stand-in).
     """
 
     def __init__(
@@ -633,6 +693,9 @@ class JobWatcher:
         say: Callable[[str], None] | None = None,
         interval: float = WATCH_INTERVAL_S,
         grace: float | None = None,
+        notice: float = START_NOTICE_S,
+        on_failure: Callable[[], None] | None = None,
+        lookup: Callable[[str, str], str | None] | None = None,
     ) -> None:
         if grace is None:
             import dask
@@ -646,6 +709,13 @@ class JobWatcher:
         self.interval = interval
         self.grace = float(grace)
         self._say = say
+        self.notice = float(notice)
+        self._on_failure = on_failure
+        self._lookup = lookup or queue_state
+        #: Jobs in a row that left the queue before any worker connected.
+        self.failed_starts: list[str] = []
+        #: Why the jobs cannot start (set after MAX_FAILED_STARTS failed starts); None while they can.
+        self.failure: str | None = None
         #: Every job seen, by id.
         self.seen: dict[str, _Job] = {}
         #: Ids of the lost jobs, in order.
@@ -727,6 +797,7 @@ class JobWatcher:
             if mine:
                 if record.connected is None:
                     record.connected = now
+                    self.failed_starts.clear()
                     _log.info(
                         "%s job %s (%s): %d worker%s connected after %.0f s (%s)",
                         self.kind,
@@ -752,16 +823,58 @@ class JobWatcher:
                     _log.info("%s job %s (%s): its workers left", self.kind, record.id, record.name)
                 if superseded or holder is None or now - record.left >= self.grace:
                     await self._replace(record, now)
+            elif self.failure is None and now - record.submitted >= self.notice:
+                if record.looked is None or now - record.looked >= self.notice:
+                    record.looked = now
+                    await self._look_up(record, now)
 
-    async def _replace(self, record: _Job, now: float) -> None:
+    async def _look_up(self, record: _Job, now: float) -> None:
+        """A job without a worker for ``notice`` s: log its queue state, or replace it if it left the queue."""
+        state = self._lookup(self.kind, record.id)
+        if state is None:  # not a Slurm cluster, or squeue did not answer
+            return
+        if state:
+            _log.info(
+                "%s job %s (%s): no worker %.0f s after it was submitted; the queue says %s",
+                self.kind,
+                record.id,
+                record.name,
+                now - record.submitted,
+                state,
+            )
+            return
+        self.failed_starts.append(record.id)
+        record.left = now
+        if len(self.failed_starts) >= MAX_FAILED_STARTS:
+            record.lost = True
+            self.failure = (
+                f"{len(self.failed_starts)} {self.kind} jobs in a row ({', '.join(self.failed_starts)}) ended "
+                "before any worker connected: the job script fails (see the jobs' output in log_directory; "
+                "'aloe run CONFIG --dry-run' prints the script)"
+            )
+            self._tell(self.failure)
+            if record.name in self.cluster.worker_spec:
+                await self.cluster.scale_down([record.name])
+            if self._on_failure is not None:
+                self._on_failure()
+            return
+        self._tell(
+            f"{self.kind} job {record.id} ({record.name}) ended before any worker connected "
+            f"({len(self.failed_starts)} of {MAX_FAILED_STARTS} such jobs in a row before aloe stops); see its "
+            "output in log_directory; submitting a new job"
+        )
+        await self._replace(record, now, quiet=True)
+
+    async def _replace(self, record: _Job, now: float, quiet: bool = False) -> None:
         """Drop the lost job ``record`` from the cluster (cancelling it if it still runs) and submit a new one."""
         record.lost = True
         self.lost.append(record.id)
-        self._tell(
-            f"{self.kind} job {record.id} ({record.name}) lost: its workers left "
-            f"{record.left - record.submitted:.0f} s after it was submitted (walltime, scancel or a failed "
-            "node); their tasks run again on the other workers; submitting a new job"
-        )
+        if not quiet:
+            self._tell(
+                f"{self.kind} job {record.id} ({record.name}) lost: its workers left "
+                f"{record.left - record.submitted:.0f} s after it was submitted (walltime, scancel or a failed "
+                "node); their tasks run again on the other workers; submitting a new job"
+            )
         cluster = self.cluster
         current = cluster.workers.get(record.name)
         if current is not None and current is not record.job:
@@ -777,6 +890,37 @@ class JobWatcher:
             await cluster.scale_down([record.name])
         self._replacing.append(record.id)
         cluster.scale(jobs=self.jobs)
+
+
+def queue_state(kind: str, job_id: str) -> str | None:
+    """What the batch system says of a job: ``"PENDING (Priority)"``; ``""`` once it has left the queue.
+
+    None where it cannot tell (not Slurm, or ``squeue`` failed). Slurm lists an ended job for ``MinJobAge``
+    (300 s by default) with its final state: such a state counts as gone.
+    """
+    if kind != "slurm":
+        return None
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={job_id}", "--format=%T|%r"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = result.stdout.strip()
+    if result.returncode != 0:
+        return "" if "Invalid job id" in result.stderr else None
+    if not text:
+        return ""
+    state, _, reason = text.splitlines()[0].partition("|")
+    if state not in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"):
+        return ""  # COMPLETED, FAILED, CANCELLED, TIMEOUT, ...: it ended
+    return f"{state} ({reason})" if reason and reason != "None" else state
 
 
 def render_job_script(settings: ExecutorSettings) -> str:

@@ -133,6 +133,30 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def absolute_paths(settings: M, base: Path | None = None) -> M:
+    """``settings`` with every relative path field (``Path``, ``Path | None``, ``list[Path]``) made absolute.
+
+    Relative to ``base`` (default: the working directory), nested settings included. The CLI does this before a
+    stage builds its tasks: workers of a cluster run elsewhere (a Slurm job runs where it was submitted from), and
+    a relative run folder or input would send them to other files.
+    """
+    base = Path.cwd() if base is None else base
+    update: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            new = absolute_paths(value, base)
+        elif isinstance(value, Path):
+            new = value if value.is_absolute() else base / value
+        elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+            new = [v if v.is_absolute() else base / v for v in value]
+        else:
+            continue
+        if new != value:
+            update[name] = new
+    return settings.model_copy(update=update) if update else settings
+
+
 def build_settings(
     model: type[M],
     config: str | Path | None = None,

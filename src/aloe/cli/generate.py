@@ -114,6 +114,9 @@ def generate_command(
         if settings.output is None:
             settings = settings.model_copy(update={"output": default_run_dir("generate")})
         from aloe.logs import run_log
+        from aloe.settings import absolute_paths
+
+        settings = absolute_paths(settings)  # the executor's workers may run in another folder
 
         with run_log(settings.output, command=invocation(ctx)):  # library output to the run folder's aloe.log
             announce_run_folder(settings.output)

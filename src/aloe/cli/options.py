@@ -118,11 +118,12 @@ def run_stage(
     """
     from aloe.logs import run_log
     from aloe.runs import default_run_dir
-    from aloe.settings import build_settings
+    from aloe.settings import absolute_paths, build_settings
 
     settings = build_settings(model, config, overrides, verb=verb)
     if settings.output is None:
         settings = settings.model_copy(update={"output": default_run_dir(verb)})
+    settings = absolute_paths(settings)  # the executor's workers may run in another folder
     command = invocation(ctx)
     with run_log(settings.output, command=command):
         announce_run_folder(settings.output)

@@ -107,6 +107,40 @@ def _dry_run(path: Path, config: RunConfig) -> None:
             "(the scheduler address is filled in when the run starts):"
         )
         typer.echo(render_job_script(settings).rstrip("\n"))
+    _echo_training(config)
+
+
+def _echo_training(config: RunConfig) -> None:
+    """The command each MACE member's training runs (data, E0s and elements are placeholders until labelled)."""
+    import contextlib
+    import io
+    import shlex
+    import warnings
+
+    from aloe.train.settings import TrainSettings
+
+    train = TrainSettings(**config.train)
+    # mace's argument parser imports e3nn and cuequivariance, which print warnings: not aloe's messages
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        from aloe.train.stage import planned_command
+
+        command = planned_command(train)
+    where = {
+        "local": "one process in its task",
+        "torchrun": f"torchrun on its task's node, {train.gpus_per_member} GPU(s)",
+        "slurm": f"a Slurm job of its own (srun), {train.gpus_per_member} GPU(s)"
+        if train.device == "cuda"
+        else "a Slurm job of its own (srun)",
+    }[train.launcher]
+    typer.echo(
+        f"train: {train.committee_size} MACE members (preset {train.preset}), each in {where}; member 0 runs:"
+    )
+    typer.echo(shlex.join(command))
 
 
 __all__ = ["HELP", "run_command"]

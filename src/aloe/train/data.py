@@ -1,10 +1,14 @@
 """Training data for mace-torch: records from label runs and record files, deduplicated, split, as extxyz.
 
 Records are read and written with :mod:`aloe.data.formats` (MP-ALOE JSON lines, MatPES JSON, extxyz, ASE
-database; every record checked for its required keys and shapes). A member's parts are written in that
-module's extxyz layout, which is what mace-torch 0.3.16 reads with ``--energy_key=REF_energy
---forces_key=REF_forces --stress_key=REF_stress`` (checked in mace's code: ``mace/data/utils.py``
-``config_from_atoms`` takes ``info[stress_key]`` and ``arrays[forces_key]`` as they are;
+database; every record checked for its required keys and shapes). :func:`gather` keeps the ids of the records,
+not the records: :meth:`Dataset.iter_records` reads them again from the inputs, one at a time, so memory grows
+with the number of ids only.
+
+A member's parts are written in :mod:`aloe.data.formats`'s extxyz layout, or as mace-torch's HDF5 shards made
+from the same ``Atoms`` (:mod:`aloe.train.shards`). That layout is what mace-torch 0.3.16 reads with
+``--energy_key=REF_energy --forces_key=REF_forces --stress_key=REF_stress`` (checked in mace's code:
+``mace/data/utils.py`` ``config_from_atoms`` takes ``info[stress_key]`` and ``arrays[forces_key]`` as they are;
 ``mace/data/atomic_data.py`` turns a 6-vector stress into 3x3 with ``voigt_to_matrix``, order xx, yy, zz, yz,
 xz, xy; the loss compares it with the model's stress, ``dE/d(strain) / V`` in eV/A^3 with ASE's sign,
 ``mace/modules/utils.py`` ``compute_forces_virials``):
@@ -25,8 +29,9 @@ Numbers are written in their shortest exact form, so mace reads the records' val
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,10 +56,14 @@ ID_KEYS = ("aloe_record_id", "matpes_id", "mp_aloe_id")
 
 @dataclass
 class Dataset:
-    """Every usable record of the inputs, in input order (the first occurrence of each id)."""
+    """The usable records of the inputs, in input order (the first occurrence of each id), read lazily.
+
+    Only what is small per record stays in memory: the ids, each record's position among all the records read
+    (``ordinals``) and the files they came from. :meth:`iter_records` reads the records again, one at a time,
+    from the same files; memory grows with the number of ids, never with the records themselves.
+    """
 
     ids: list[str] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
     numbers: set[int] = field(default_factory=set)
     isolated: dict[str, float] = field(default_factory=dict)
     isolated_sources: list[str] = field(default_factory=list)
@@ -62,6 +71,10 @@ class Dataset:
     functionals: Counter[str] = field(default_factory=Counter)
     read: int = 0
     duplicates: int = 0
+    #: Every record file read, in reading order: (path, format; None = from the name).
+    files: list[tuple[Path, str | None]] = field(default_factory=list)
+    #: Per id: the record's position among all the records read (duplicates included), ascending.
+    ordinals: array = field(default_factory=lambda: array("q"))
 
     @property
     def elements(self) -> list[str]:
@@ -75,10 +88,57 @@ class Dataset:
         text = "\n".join(sorted(self.ids))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def iter_records(self, indices: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(index, record)`` for the dataset indices ``indices`` (all when None), in dataset order.
+
+        One pass over the input files; a record is checked against its id as it is read again.
+
+        Raises
+        ------
+        AloeError
+            The inputs changed since they were gathered (a record with another id, or too few records).
+        """
+        n = len(self.ids)
+        wanted = None
+        last = n - 1
+        if indices is not None:
+            wanted = np.zeros(n, dtype=bool)
+            wanted[np.asarray(list(indices), dtype=np.int64)] = True
+            if not wanted.any():
+                return
+            last = int(np.flatnonzero(wanted)[-1])
+        i = 0
+        for ordinal, record in enumerate(self._read_files()):
+            if ordinal != self.ordinals[i]:
+                continue
+            if wanted is None or wanted[i]:
+                if record_id(record) != self.ids[i]:
+                    raise AloeError(
+                        f"the inputs changed while training data were prepared: record {ordinal} should be "
+                        f"{self.ids[i]} but is {record_id(record)}; run again"
+                    )
+                yield i, record
+            if i == last:
+                return
+            i += 1
+        raise AloeError(
+            f"the inputs changed while training data were prepared: {i} of {n} records found again; run again"
+        )
+
+    def load_records(self, indices: Iterable[int]) -> list[dict[str, Any]]:
+        """The records at ``indices``, in dataset order (in memory: for a few records only)."""
+        return [record for _, record in self.iter_records(indices)]
+
+    def _read_files(self) -> Iterator[dict[str, Any]]:
+        for path, fmt in self.files:
+            yield from read_records(path, fmt)
+
 
 # ---- reading -----------------------------------------------------------------------------------------------
 def gather(inputs: list[Path]) -> Dataset:
     """Read every input; deduplicate by record id (``aloe_record_id``, a published id, or a content hash).
+
+    The records are not kept (see :class:`Dataset`).
 
     Raises
     ------
@@ -99,20 +159,22 @@ def gather(inputs: list[Path]) -> Dataset:
         path = Path(path)
         count = dups = 0
         functionals: Counter[str] = Counter()
-        for record in _iter_input(path, data):
-            data.read += 1
-            rid = record_id(record)
-            if rid in seen:
-                dups += 1
-                continue
-            seen.add(rid)
-            data.ids.append(rid)
-            data.records.append(record)
-            data.numbers.update(
-                atomic_numbers[site["species"][0]["element"]] for site in record["structure"]["sites"]
-            )
-            functionals[str(record.get("functional") or "unknown")] += 1
-            count += 1
+        for file, fmt in _input_files(path, data):
+            data.files.append((file, fmt))
+            for record in read_records(file, fmt):
+                data.read += 1
+                rid = record_id(record)
+                if rid in seen:
+                    dups += 1
+                    continue
+                seen.add(rid)
+                data.ids.append(rid)
+                data.ordinals.append(data.read - 1)
+                data.numbers.update(
+                    atomic_numbers[site["species"][0]["element"]] for site in record["structure"]["sites"]
+                )
+                functionals[str(record.get("functional") or "unknown")] += 1
+                count += 1
         data.duplicates += dups
         data.functionals.update(functionals)
         data.sources.append(
@@ -124,7 +186,8 @@ def gather(inputs: list[Path]) -> Dataset:
     return data
 
 
-def _iter_input(path: Path, data: Dataset) -> Iterator[dict[str, Any]]:
+def _input_files(path: Path, data: Dataset) -> list[tuple[Path, str | None]]:
+    """The record files of one input (a label run's chunks in order, or the file); merges isolated atoms."""
     if not path.exists():
         raise InputFileError(path, "no such file or folder")
     if path.is_dir():
@@ -132,10 +195,8 @@ def _iter_input(path: Path, data: Dataset) -> Iterator[dict[str, Any]]:
         if not records.is_dir():
             raise InputFileError(path, f"not a label run folder (no {RECORDS_DIR}/ inside)")
         _merge_isolated(path, data)
-        for file in sorted(records.glob("chunk-*.jsonl")):
-            yield from read_records(file, "jsonl")
-        return
-    yield from read_records(path)
+        return [(file, "jsonl") for file in sorted(records.glob("chunk-*.jsonl"))]
+    return [(path, None)]
 
 
 def record_id(record: dict[str, Any]) -> str:

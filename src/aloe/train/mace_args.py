@@ -32,6 +32,7 @@ RESERVED: dict[str, str] = {
     "valid_file": "inputs and split",
     "test_file": "inputs and split",
     "test_dir": "inputs and split",
+    "heads": "data_format (aloe names the data files; hdf5 shards go through --heads)",
     "valid_fraction": "split",
     "energy_key": "(set by aloe: REF_energy)",
     "forces_key": "(set by aloe: REF_forces)",

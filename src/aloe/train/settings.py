@@ -45,6 +45,13 @@ A preset is a set of mace-torch ``run_train`` options (the names of its command-
     A toy model for tests and demos (well under a minute on 2 CPU cores for ~50 small cells): 16 channels,
     max_L 0, max_ell 1, correlation 2, r_max 5.0, 6 radial basis functions, 15 epochs.
 
+Training data: below ``hdf5_threshold`` structures (``data_format`` ``auto``) each member's train and valid parts are
+extxyz files, which mace-torch reads whole into memory. From the threshold on they are mace-torch's preprocessed
+HDF5 shards (``hdf5_shard_size`` structures each), written while the records stream past and read by mace one
+structure at a time (:mod:`aloe.train.prepare`, :mod:`aloe.train.shards`). A member trained from shards is the
+member trained from extxyz: the same structures in the same order, the same E0s, split, seed and statistics. The
+format therefore only changes memory and speed, and may change when a run is resumed.
+
 ``mace_options`` override any preset value and add any other ``run_train`` option; the options aloe sets
 itself (file names, keys, E0s, seed, device, epochs, foundation model) are rejected there with the setting to
 use instead.
@@ -203,6 +210,44 @@ class TrainSettings(StageSettings):
         "one member each; each member runs mace in a process of its own anyway).",
     )
     eval_batch_size: int = Field(16, ge=1, description="Structures per forward pass when testing a member.")
+    launcher: Literal["local", "torchrun", "slurm"] = Field(
+        "local",
+        description="How each member's mace-torch run_train starts: 'local' (one process where the member's "
+        "task runs), 'torchrun' (gpus_per_member processes on that node, torch.distributed.run --standalone), "
+        "'slurm' (srun: a Slurm job of its own per member, gpus_per_member tasks with one GPU each, plus "
+        "srun_options).",
+    )
+    distributed: bool = Field(
+        False,
+        description="mace-torch's data-parallel training (--distributed, --launcher torchrun or slurm): one "
+        "process per GPU, each with batch_size structures per step (the effective batch is gpus_per_member "
+        "times batch_size). Needs device cuda and launcher torchrun or slurm.",
+    )
+    gpus_per_member: int = Field(
+        1, ge=1, description="GPUs each member trains on (more than one: distributed training)."
+    )
+    srun_options: list[str] = Field(
+        default_factory=list,
+        description="Extra srun options of each member's Slurm job (launcher slurm), e.g. ['--partition=gpu', "
+        "'--account=matsci', '--time=48:00:00', '--constraint=a100'].",
+    )
+    data_format: Literal["auto", "extxyz", "hdf5"] = Field(
+        "auto",
+        description="How the members' train and valid parts reach mace: 'extxyz' files (mace reads them whole "
+        "into memory), 'hdf5' (mace-torch's preprocessed HDF5 shards, written from the streamed records and read "
+        "one structure at a time), or 'auto': hdf5 from hdf5_threshold structures on. The models are the same "
+        "either way; the test set is extxyz in both.",
+    )
+    hdf5_threshold: int = Field(
+        50_000, ge=1, description="Structures from which data_format 'auto' writes HDF5 shards."
+    )
+    hdf5_shard_size: int = Field(
+        50_000,
+        ge=1,
+        description="Structures per HDF5 shard (the shards are streamed: their size costs no memory while "
+        "they are written). mace keeps every shard file open while it trains, each with HDF5's metadata "
+        "cache (tens of MB), so large shards keep its memory flat; a killed preparation redoes one shard.",
+    )
 
     #: May change when a run folder is reused: raising committee_size adds members to a finished committee.
     RUNTIME_KEYS: ClassVar[frozenset[str]] = StageSettings.RUNTIME_KEYS | {
@@ -211,6 +256,11 @@ class TrainSettings(StageSettings):
         "device",
         "threads",
         "eval_batch_size",
+        "data_format",
+        "hdf5_threshold",
+        "hdf5_shard_size",
+        "launcher",
+        "srun_options",
     }
 
     @field_validator("split")
@@ -243,6 +293,26 @@ class TrainSettings(StageSettings):
     def _foundation_e0s(self) -> TrainSettings:
         if self.e0s == "foundation" and not self.foundation_model:
             raise ValueError("e0s 'foundation' needs a foundation_model")
+        return self
+
+    @model_validator(mode="after")
+    def _check_launch(self) -> TrainSettings:
+        if self.distributed:
+            if self.launcher == "local":
+                raise ValueError(
+                    "distributed training needs launcher 'torchrun' or 'slurm' (launcher is 'local')"
+                )
+            if self.device not in ("cuda", "xpu"):
+                # mace-torch initialises its process group only for cuda (NCCL) and xpu (CCL)
+                raise ValueError(
+                    f"distributed training runs on GPUs: device must be cuda (it is {self.device!r})"
+                )
+        elif self.gpus_per_member > 1:
+            raise ValueError(f"gpus_per_member {self.gpus_per_member} needs distributed: true")
+        elif self.launcher == "torchrun":
+            raise ValueError("launcher 'torchrun' starts mace's distributed training: set distributed: true")
+        if self.srun_options and self.launcher != "slurm":
+            raise ValueError(f"srun_options are for launcher 'slurm' (launcher is {self.launcher!r})")
         return self
 
     def preset_options(self) -> dict[str, Any]:

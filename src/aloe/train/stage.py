@@ -6,8 +6,12 @@ Run folder layout::
     dataset.yaml                 how many structures, their elements, a digest of their ids, the E0s used
     members/member-<k>/
         split.json               the record ids of this member's train / valid / test parts
-        train.xyz valid.xyz test.xyz
-                                 the parts as extxyz (REF_energy, REF_forces, REF_stress; see aloe.train.data)
+        data.json                how the parts are stored (format, shard size, files)
+        train.xyz valid.xyz      the train and valid parts as extxyz (REF_energy, REF_forces, REF_stress; see
+                                 aloe.train.data), or, for large datasets,
+        train/shard-*.h5 valid/shard-*.h5
+                                 mace-torch's preprocessed HDF5 shards (see aloe.train.prepare, aloe.train.shards)
+        test.xyz                 the test part, extxyz in both formats
         mace_args.json           the exact command line given to ``python -m mace.cli.run_train``
         train.log                everything mace printed (epoch by epoch)
         checkpoints/ logs/ results/
@@ -24,6 +28,13 @@ Voigt component, 6 per structure) in GPa. Test errors come from loading each fin
 :class:`aloe.potentials.mace.MACEPotential` (float64) and predicting the member's test set, not from mace's
 logs.
 
+Training data (setting ``data_format``): extxyz files for small datasets, mace-torch's HDF5 shards from
+``hdf5_threshold`` structures on. The shards are written while the records stream past, so neither aloe nor mace
+holds the dataset in memory. mace gets them through ``--heads`` (one ``Default`` head with its shard files in
+order) and computes its statistics (average number of neighbours, scale and shift) from them while it trains, as
+it does from extxyz; E0s 'average' are fitted by aloe with mace's own function (mace cannot fit them from HDF5).
+The same data, split, E0s and seed therefore give the same member in either format.
+
 Resuming: a member whose ``models/member-<k>.model`` exists is not trained again; a member without it is
 (re)started with ``--restart_latest``, so mace continues from its last checkpoint (mace-torch keeps the
 checkpoint of the best validation loss so far, so the epochs after it are repeated). Raising
@@ -36,11 +47,12 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
-import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +64,14 @@ from aloe.devices import wants_gpu
 from aloe.errors import AloeError
 from aloe.executors import Executor, InlineExecutor, stage_executor
 from aloe.progress import make_bar, progress_enabled
-from aloe.runs import atomic_path, open_stage_run, write_yaml_atomic
+from aloe.runs import RunFolder, atomic_path, open_stage_run, write_yaml_atomic
 from aloe.stagekit import StageResult
-from aloe.train.data import Dataset, gather, member_split, minimum_for_split, read_extxyz, write_extxyz
+from aloe.train.data import Dataset, gather, member_split, read_extxyz
+from aloe.train.launch import check_launcher, launch_environment, launch_options, member_command
 from aloe.train.mace_args import ENTRY_POINT, check_user_options, e0s_literal, format_args, validate_argv
+from aloe.train.prepare import MemberData, member_name, prepare_members, resolve_format
 from aloe.train.settings import TrainSettings
+from aloe.train.shards import ConfigMaker
 from aloe.units import EV_PER_A3_IN_GPA
 
 MEMBERS_DIR = layout.MEMBERS
@@ -65,6 +80,8 @@ PLOTS_DIR = layout.PLOTS
 ERRORS_FILE = "errors.csv"
 DATASET_FILE = "dataset.yaml"
 PREDICTIONS_FILE = "test_predictions.npz"
+#: Where mace reads the labels in aloe's extxyz files and HDF5 shards.
+KEY_OPTIONS = {"energy_key": "REF_energy", "forces_key": "REF_forces", "stress_key": "REF_stress"}
 ERROR_COLUMNS = (
     "member",
     "n_train",
@@ -78,11 +95,6 @@ ERROR_COLUMNS = (
     "stress_mae_GPa",
     "stress_rmse_GPa",
 )
-
-
-def member_name(k: int) -> str:
-    """``member-<k>``."""
-    return f"member-{k}"
 
 
 # ---- E0s ---------------------------------------------------------------------------------------------------
@@ -119,50 +131,15 @@ def resolve_e0s(settings: TrainSettings, data: Dataset) -> tuple[str, dict[str, 
 
 
 # ---- members -----------------------------------------------------------------------------------------------
-def _prepare_member(
-    run_dir: Path, data: Dataset, settings: TrainSettings, k: int
-) -> tuple[Path, dict[str, Any], list[str]]:
-    """Write the member's split and extxyz files (unless present); return its folder, split sizes, notes."""
-    folder = run_dir / MEMBERS_DIR / member_name(k)
-    folder.mkdir(parents=True, exist_ok=True)
-    split = member_split(data.ids, settings.split, settings.seed, k)
-    parts = {"train": split.train, "valid": split.valid, "test": split.test}
-    doc = {
-        "member": k,
-        "rng_seed": [settings.seed, k],
-        "fractions": list(settings.split),
-        **{name: [data.ids[i] for i in idx] for name, idx in parts.items()},
-    }
-    split_file = folder / "split.json"
-    if not split_file.exists() or json.loads(split_file.read_text()) != doc:
-        with atomic_path(split_file) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1))
-        for name in parts:
-            (folder / f"{name}.xyz").unlink(missing_ok=True)
-    for name, idx in parts.items():
-        target = folder / f"{name}.xyz"
-        if not target.exists():
-            write_extxyz(target, [data.records[i] for i in idx])
-    notes = []
-    if split.rounded_up:
-        notes.append(
-            f"{member_name(k)}: {len(data.ids)} structures are fewer than the "
-            f"{minimum_for_split(settings.split)} the split needs: valid and test rounded up to "
-            f"{len(split.valid)} and {len(split.test)}"
-        )
-    sizes = {name: len(idx) for name, idx in parts.items()}
-    return folder, sizes, notes
-
-
 def _member_argv(
     settings: TrainSettings,
     options: dict[str, Any],
-    k: int,
+    member: MemberData,
     e0s: str,
     numbers: list[int],
     foundation: str | None,
-    n_train: int,
 ) -> tuple[list[str], list[str]]:
+    k, n_train = member.member, member.sizes["train"]
     opts = dict(options)
     notes = []
     batch = int(opts.get("batch_size", 10))
@@ -172,16 +149,15 @@ def _member_argv(
             f"{member_name(k)}: batch_size {batch} > {n_train} training structures; using {n_train} "
             "(mace drops incomplete batches)"
         )
+    if member.average_e0s is not None:
+        # hdf5 with e0s 'average': mace cannot fit them from shards; aloe did, with mace's own function
+        e0s = e0s_literal(member.average_e0s)
     opts.update(
         {
             "name": member_name(k),
             "work_dir": ".",
-            "train_file": "train.xyz",
-            "valid_file": "valid.xyz",
-            "test_file": "test.xyz",
-            "energy_key": "REF_energy",
-            "forces_key": "REF_forces",
-            "stress_key": "REF_stress",
+            **member.mace_data_options(),
+            **KEY_OPTIONS,
             "E0s": e0s,
             "atomic_numbers": repr(sorted(numbers)),
             "seed": settings.seed + k,
@@ -195,6 +171,52 @@ def _member_argv(
     return format_args(opts), notes
 
 
+def planned_command(settings: TrainSettings, k: int = 0) -> list[str]:
+    """The command member ``k`` would run, before any data exist (``--dry-run``).
+
+    The arguments that come from the labelled data are shown as placeholders: the data files (extxyz, or HDF5
+    shards through ``--heads`` from ``hdf5_threshold`` structures on), the E0s and the atomic numbers.
+    """
+    from types import SimpleNamespace
+
+    if settings.mace_options:
+        check_user_options(settings.mace_options)
+    data = {f"{part}_file": f"{part}.xyz" for part in ("train", "valid", "test")}
+    stand_in = SimpleNamespace(
+        member=k, sizes={"train": 10**9}, average_e0s=None, mace_data_options=lambda: data
+    )
+    argv, _ = _member_argv(
+        settings,
+        settings.preset_options(),
+        stand_in,  # type: ignore[arg-type]
+        "<E0s: {Z: eV} of the labelled elements>",
+        [],
+        _resolve_foundation(settings.foundation_model),
+    )
+    argv = [
+        a if not a.startswith("--atomic_numbers=") else "--atomic_numbers=<Z of the labelled elements>"
+        for a in argv
+    ]
+    return member_command(
+        argv, launch_options(settings), settings.threads, name=f"aloe-<run>-{member_name(k)}"
+    )
+
+
+def job_name(run_dir: Path, k: int) -> str:
+    """The Slurm job name of member ``k``'s training (launcher slurm): ``aloe-<run folder>-member-<k>``."""
+    return f"aloe-{run_dir.name}-{member_name(k)}"
+
+
+def _gpus_asked(settings: TrainSettings) -> int:
+    """GPUs a member's task asks its executor for: gpus_per_member where mace runs in the task's allocation.
+
+    Launcher slurm trains in a Slurm job of its own; its task needs one GPU only to test the finished member.
+    """
+    if not wants_gpu(settings.device):
+        return 0
+    return 1 if settings.launcher == "slurm" else settings.gpus_per_member
+
+
 def _thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -203,19 +225,19 @@ def _thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _run_mace(folder: Path, argv: list[str], threads: int) -> tuple[int, float]:
-    """``python -m mace.cli.run_train`` in ``folder``, output appended to train.log; (exit code, seconds)."""
+def _run_mace(folder: Path, command: list[str], env: dict[str, str]) -> tuple[int, float]:
+    """Run ``command`` (mace's run_train, launched) in ``folder``, output appended to train.log.
+
+    Returns
+    -------
+    tuple
+        (exit code, seconds).
+    """
     t0 = time.perf_counter()
     with open(folder / "train.log", "ab") as log:
-        log.write(f"\n# aloe: {sys.executable} -m {ENTRY_POINT} {' '.join(argv)}\n".encode())
+        log.write(f"\n# aloe: {shlex.join(command)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", ENTRY_POINT, *argv],
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_thread_env(threads),
-        )
+        proc = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             code = proc.wait()
         finally:  # interrupted: do not leave a training behind (its checkpoints stay for the next run)
@@ -243,7 +265,7 @@ def _failure_line(log: Path) -> str:
 def _forget_training(folder: Path, k: int) -> None:
     """Remove what a killed training of member ``k`` left, so that it starts from the beginning.
 
-    mace-torch's checkpoints, logs, results and model files go; the member's inputs (split, extxyz parts,
+    mace-torch's checkpoints, logs, results and model files go; the member's inputs (split, data parts,
     arguments) stay.
     """
     for name in ("checkpoints", "logs", "results"):
@@ -261,7 +283,12 @@ def _member_task(task: dict[str, Any]) -> dict[str, Any]:
     if not model.exists():
         if task.get("resume") == "restart":
             _forget_training(folder, k)
-        code, seconds = _run_mace(folder, task["argv"], task["threads"])
+        launch = task.get("launch", {})
+        check_launcher(launch)
+        command = member_command(
+            task["argv"], launch, task["threads"], name=task.get("job_name", "aloe-train")
+        )
+        code, seconds = _run_mace(folder, command, launch_environment(launch, _thread_env(task["threads"])))
         out["seconds_train"] = seconds
         produced = folder / f"{member_name(k)}.model"
         if code != 0 or not produced.exists():
@@ -471,6 +498,21 @@ def _check_dataset(run_dir: Path, data: Dataset, e0s: dict[str, float] | None, e
     write_yaml_atomic(path, doc)
 
 
+def _data_summary(prep: PreparedRun) -> dict[str, Any]:
+    """The summary's ``training_data``: format, shard size, and files per member (or the shard counts)."""
+    doc: dict[str, Any] = {"format": prep.format, "test": "extxyz (test.xyz)"}
+    if prep.format == "hdf5":
+        doc["shard_size"] = prep.settings.hdf5_shard_size
+        doc["shards"] = {
+            member_name(k): {part: len(m.files(part)) for part in ("train", "valid")}
+            for k, m in prep.members.items()
+        }
+        fitted = {member_name(k): m.average_e0s for k, m in prep.members.items() if m.average_e0s}
+        if fitted:
+            doc["average_e0s_eV"] = fitted
+    return doc
+
+
 def _resolve_foundation(value: str | None) -> str | None:
     if value is None:
         return None
@@ -482,22 +524,38 @@ def _resolve_foundation(value: str | None) -> str | None:
     return value  # a mace-torch model name (mace downloads it: needs a network)
 
 
-def train(
-    settings: TrainSettings, command: str | None = None, executor: Executor | None = None
-) -> StageResult:
-    """Train (or resume) a MACE committee; see the module docstring.
+@dataclass
+class PreparedRun:
+    """Everything :func:`train` does before training: the run folder, the data on disk, the mace arguments."""
 
-    ``executor`` runs the members (the caller's, left open); default: one opened from the run options. The
-    result's ``products`` hold ``models`` (paths, member order) and ``errors`` (the test-error table).
+    run: RunFolder
+    settings: TrainSettings
+    data: Dataset
+    format: str
+    members: dict[int, MemberData]
+    #: One task per member for :func:`_member_task`; ``argv`` is empty for a member whose model exists.
+    tasks: list[dict[str, Any]]
+    options: dict[str, Any]
+    e0s: tuple[str, dict[str, float] | None, str]
+    foundation: str | None
+    notes: list[str]
+    timings: dict[str, float]
+
+
+def _mace_namespace(options: dict[str, Any]) -> Any:
+    """The members' ``run_train`` options as mace-torch's parser reads them (key names, config type weights)."""
+    return validate_argv(format_args({**options, **KEY_OPTIONS, "name": "aloe"}))
+
+
+def prepare_run(settings: TrainSettings) -> PreparedRun:
+    """Read the inputs, open the run folder, write every member's split and data, and its mace arguments.
 
     Raises
     ------
     AloeError
-        No inputs or records, too few structures for a split, an unknown or reserved mace option, missing
-        E0s, or a member whose training failed (after the others finished and the summary was written).
+        As :func:`train` does before training.
     """
     timings: dict[str, float] = {}
-    t_start = time.perf_counter()
     if settings.mace_options:
         check_user_options(settings.mace_options)
     foundation = _resolve_foundation(settings.foundation_model)
@@ -515,34 +573,47 @@ def train(
 
     numbers = [atomic_numbers[e] for e in data.elements]
     options = settings.preset_options()
-    members = list(range(settings.committee_size))
     models_dir = run.path / MODELS_DIR
 
     t0 = time.perf_counter()
+    fmt = resolve_format(settings, len(data.ids))
+    maker = ConfigMaker(_mace_namespace(options)) if fmt == "hdf5" else None
+    prepared = prepare_members(
+        run.path / MEMBERS_DIR,
+        data,
+        settings,
+        list(range(settings.committee_size)),
+        fmt,
+        maker,
+        average_e0s=settings.e0s == "average",
+    )
     notes: list[str] = []
-    sizes: dict[int, dict[str, int]] = {}
     tasks = []
-    for k in members:
-        folder, sizes[k], member_notes = _prepare_member(run.path, data, settings, k)
-        notes += member_notes
+    launch = launch_options(settings)
+    for k, member in prepared.items():
+        notes += member.notes
         model = models_dir / f"{member_name(k)}.model"
         argv: list[str] = []
         if not model.exists():
-            argv, argv_notes = _member_argv(
-                settings, options, k, e0s_arg, numbers, foundation, sizes[k]["train"]
-            )
+            argv, argv_notes = _member_argv(settings, options, member, e0s_arg, numbers, foundation)
             notes += argv_notes
             validate_argv(argv)
-            with atomic_path(folder / "mace_args.json") as tmp:
+            command = member_command(argv, launch, settings.threads, name=job_name(run.path, k))
+            with atomic_path(member.folder / "mace_args.json") as tmp:
                 tmp.write_text(
-                    json.dumps({"entry_point": f"python -m {ENTRY_POINT}", "argv": argv}, indent=1)
+                    json.dumps(
+                        {"entry_point": f"python -m {ENTRY_POINT}", "argv": argv, "command": command},
+                        indent=1,
+                    )
                 )
         tasks.append(
             {
                 "member": k,
-                "folder": str(folder),
+                "folder": str(member.folder),
                 "model": str(model),
                 "argv": argv,
+                "launch": launch,
+                "job_name": job_name(run.path, k),
                 "threads": settings.threads,
                 "device": settings.device,
                 "eval_batch_size": settings.eval_batch_size,
@@ -550,6 +621,45 @@ def train(
             }
         )
     timings["prepare"] = time.perf_counter() - t0
+    return PreparedRun(
+        run,
+        settings,
+        data,
+        fmt,
+        prepared,
+        tasks,
+        options,
+        (e0s_arg, e0s_used, e0_source),
+        foundation,
+        notes,
+        timings,
+    )
+
+
+def train(
+    settings: TrainSettings, command: str | None = None, executor: Executor | None = None
+) -> StageResult:
+    """Train (or resume) a MACE committee; see the module docstring.
+
+    ``executor`` runs the members (the caller's, left open); default: one opened from the run options. The
+    result's ``products`` hold ``models`` (paths, member order) and ``errors`` (the test-error table).
+
+    Raises
+    ------
+    AloeError
+        No inputs or records, too few structures for a split, an unknown or reserved mace option, missing
+        E0s, or a member whose training failed (after the others finished and the summary was written).
+    """
+    t_start = time.perf_counter()
+    prep = prepare_run(settings)
+    run, settings, data, options, tasks = prep.run, prep.settings, prep.data, prep.options, prep.tasks
+    notes = prep.notes
+    e0s_arg, e0s_used, e0_source = prep.e0s
+    foundation = prep.foundation
+    timings = dict(prep.timings)
+    members = list(prep.members)
+    sizes = {k: m.sizes for k, m in prep.members.items()}
+    models_dir = run.path / MODELS_DIR
 
     t0 = time.perf_counter()
     to_train = [t["member"] for t in tasks if t["argv"]]
@@ -564,7 +674,7 @@ def train(
         # Nothing to train: at most a test set to predict, here.
         with stage_executor(executor if to_train else InlineExecutor(), settings) as executor:
             for result in executor.map_unordered(
-                _member_task, tasks, limit=settings.task_limit(), gpu=wants_gpu(settings.device)
+                _member_task, tasks, limit=settings.task_limit(), gpu=_gpus_asked(settings)
             ):
                 results[result["member"]] = result
                 if watcher is not None:
@@ -628,6 +738,7 @@ def train(
         "trainer": {"entry_point": f"python -m {ENTRY_POINT}", "preset": settings.preset, "options": options},
         "foundation_model": foundation,
         "e0s": {"eV": e0s_used, "mace_argument": e0s_arg, "source": e0_source},
+        "training_data": _data_summary(prep),
         "inputs": data.sources,
         "members": [
             {
