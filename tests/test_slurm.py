@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -350,6 +351,104 @@ def test_a_job_that_reaches_its_walltime_is_replaced(slurm_cluster, pool_run, pr
     assert_jobs_gone(set(jobs))
 
 
+def test_a_job_script_that_fails_stops_the_run_with_a_clear_error(slurm_cluster, tmp_path):  # noqa: F811
+    """A prologue that exits: every job ends before its worker starts; after three such jobs the map raises."""
+    from aloe.errors import AloeError
+
+    section = slurm_executor(tmp_path, slurm_cluster.partition, prologue=("exit 3",))
+    section["cluster"]["start_notice"] = 3
+    cluster = ClusterSettings.model_validate(section["cluster"])
+    t0 = time.monotonic()
+    outcome: list[BaseException] = []
+    with open_executor(ExecutorSettings(kind="dask", cluster=cluster)) as executor:
+
+        def stage() -> None:
+            try:
+                list(executor.map_unordered(abs, [-1, -2, -3]))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=stage, daemon=True)
+        thread.start()
+        thread.join(
+            180
+        )  # the jobs need free cores to start (and fail): none of this module's fixtures hold them
+        assert not thread.is_alive(), "the stage still waits for workers after 180 s"
+        ids = list(executor.watcher.seen)
+    print(f"stopped after {time.monotonic() - t0:.0f} s; jobs {ids}")
+    assert len(outcome) == 1 and isinstance(outcome[0], AloeError), outcome
+    assert re.search(r"3 slurm jobs in a row \(.*\) ended before any worker connected", str(outcome[0]))
+    assert len(ids) >= 3
+    assert_jobs_gone(set(ids))
+
+
+def test_a_killed_clients_jobs_end_by_themselves_and_the_rerun_finishes(
+    slurm_cluster,  # noqa: F811
+    pool_run,
+    protos,
+    tmp_path,
+):
+    """SIGKILL the client once its workers work: nothing cancels its jobs, their workers' death timeout ends them.
+
+    dask-jobqueue starts workers with ``--death-timeout 60``: a worker that cannot reach its scheduler for 60 s
+    exits, and its job ends with it. The same command run again resumes the run and gives the pool's products.
+    """
+    config = write_config(tmp_path, protos, slurm_executor(tmp_path, slurm_cluster.partition))
+    proc = start_run(config, tmp_path)
+    try:
+        jobs = wait_for(two_running_jobs, 120, what="two running jobs")
+        run = tmp_path / "run"
+        wait_for(
+            lambda: any(run.glob("iter-00/screen/metrics/*.parquet")),
+            300,
+            interval=0.5,
+            what="a screen chunk",
+        )
+    finally:
+        proc.kill()
+        proc.communicate()
+    ids = {j.id for j in jobs}
+    t_kill = time.monotonic()
+    wait_for(
+        lambda: not [j for j in slurm_jobs(JOB_NAME) if j.id in ids and j.state in ("PENDING", "RUNNING")],
+        180,
+        what=f"the killed client's jobs {sorted(ids)} to end by themselves",
+    )
+    print(f"jobs of the killed client ended {time.monotonic() - t_kill:.0f} s after the kill")
+    finish(start_run(config, tmp_path), run)
+    assert_same_products(run, pool_run)
+
+
+# ---- training members as Slurm jobs of their own (train.launcher slurm) -------------------------------------------
+def test_a_member_trained_in_a_slurm_job_of_its_own_equals_one_trained_locally(
+    slurm_cluster,  # noqa: F811
+    labelled,  # noqa: F811
+    tmp_path,
+):
+    """``launcher: slurm`` on CPUs: srun runs mace's run_train as its own job; the model is the local one's."""
+    import numpy as np
+
+    from aloe.train.stage import job_name, load_predictions, train
+    from tests.train.test_train import _settings
+
+    runs = {}
+    for launcher in ("local", "slurm"):
+        extra = {"srun_options": [f"--partition={slurm_cluster.partition}"]} if launcher == "slurm" else {}
+        settings = _settings(
+            [labelled], tmp_path / launcher, committee_size=1, epochs=2, launcher=launcher, **extra
+        )
+        runs[launcher] = train(settings)
+    folder = runs["slurm"].run_dir / "members" / "member-0"
+    name = job_name(runs["slurm"].run_dir, 0)
+    jobs = slurm_jobs(name, finished=True)
+    assert [job.state for job in jobs] == ["COMPLETED"], jobs
+    assert f"# aloe: srun --job-name={name} --nodes=1 --ntasks=1" in (folder / "train.log").read_text()
+    local = load_predictions(runs["local"].run_dir / "members" / "member-0" / "test_predictions.npz")
+    remote = load_predictions(folder / "test_predictions.npz")
+    for key in ("e_pred", "f_pred", "s_pred"):
+        assert np.allclose(local[key], remote[key], rtol=1e-9, atol=1e-12), key
+
+
 @pytest.fixture(scope="module")
 def slurm_scheduler(slurm_cluster, tmp_path_factory):  # noqa: F811
     """A Dask scheduler in this process whose two workers are Slurm jobs (as a user would keep one open)."""
@@ -597,23 +696,6 @@ def test_the_watcher_stops_the_run_after_three_jobs_in_a_row_ended_without_a_wor
     assert w2.failed_starts == [] and w2.failure is None
 
 
-def test_a_job_script_that_fails_stops_the_run_with_a_clear_error(slurm_cluster, tmp_path):  # noqa: F811
-    """A prologue that exits: every job ends before its worker starts; after three such jobs the map raises."""
-    from aloe.errors import AloeError
-
-    section = slurm_executor(tmp_path, slurm_cluster.partition, prologue=("exit 3",))
-    section["cluster"]["start_notice"] = 3
-    cluster = ClusterSettings.model_validate(section["cluster"])
-    t0 = time.monotonic()
-    with open_executor(ExecutorSettings(kind="dask", cluster=cluster)) as executor:
-        with pytest.raises(AloeError, match=r"jobs in a row .* ended before any worker connected"):
-            list(executor.map_unordered(abs, [-1, -2, -3]))
-        ids = list(executor.watcher.seen)
-    print(f"stopped after {time.monotonic() - t0:.0f} s; jobs {ids}")
-    assert len(ids) >= 3
-    assert_jobs_gone(set(ids))
-
-
 def test_the_watcher_names_the_job_the_cluster_submitted_again_itself(caplog):
     import asyncio
     import logging
@@ -636,70 +718,3 @@ def test_the_watcher_names_the_job_the_cluster_submitted_again_itself(caplog):
     assert watcher.lost == ["101"] and watcher.seen["200"].connected == 4
     assert "slurm job 200 (aloe-0) replaces job 101" in caplog.text
     assert len(cluster.worker_spec) == 1  # nothing more submitted
-
-
-def test_a_killed_clients_jobs_end_by_themselves_and_the_rerun_finishes(
-    slurm_cluster,  # noqa: F811
-    pool_run,
-    protos,
-    tmp_path,
-):
-    """SIGKILL the client once its workers work: nothing cancels its jobs, their workers' death timeout ends them.
-
-    dask-jobqueue starts workers with ``--death-timeout 60``: a worker that cannot reach its scheduler for 60 s
-    exits, and its job ends with it. The same command run again resumes the run and gives the pool's products.
-    """
-    config = write_config(tmp_path, protos, slurm_executor(tmp_path, slurm_cluster.partition))
-    proc = start_run(config, tmp_path)
-    try:
-        jobs = wait_for(two_running_jobs, 120, what="two running jobs")
-        run = tmp_path / "run"
-        wait_for(
-            lambda: any(run.glob("iter-00/screen/metrics/*.parquet")),
-            300,
-            interval=0.5,
-            what="a screen chunk",
-        )
-    finally:
-        proc.kill()
-        proc.communicate()
-    ids = {j.id for j in jobs}
-    t_kill = time.monotonic()
-    wait_for(
-        lambda: not [j for j in slurm_jobs(JOB_NAME) if j.id in ids and j.state in ("PENDING", "RUNNING")],
-        180,
-        what=f"the killed client's jobs {sorted(ids)} to end by themselves",
-    )
-    print(f"jobs of the killed client ended {time.monotonic() - t_kill:.0f} s after the kill")
-    finish(start_run(config, tmp_path), run)
-    assert_same_products(run, pool_run)
-
-
-# ---- training members as Slurm jobs of their own (train.launcher slurm) -------------------------------------------
-def test_a_member_trained_in_a_slurm_job_of_its_own_equals_one_trained_locally(
-    slurm_cluster,  # noqa: F811
-    labelled,  # noqa: F811
-    tmp_path,
-):
-    """``launcher: slurm`` on CPUs: srun runs mace's run_train as its own job; the model is the local one's."""
-    import numpy as np
-
-    from aloe.train.stage import job_name, load_predictions, train
-    from tests.train.test_train import _settings
-
-    runs = {}
-    for launcher in ("local", "slurm"):
-        extra = {"srun_options": [f"--partition={slurm_cluster.partition}"]} if launcher == "slurm" else {}
-        settings = _settings(
-            [labelled], tmp_path / launcher, committee_size=1, epochs=2, launcher=launcher, **extra
-        )
-        runs[launcher] = train(settings)
-    folder = runs["slurm"].run_dir / "members" / "member-0"
-    name = job_name(runs["slurm"].run_dir, 0)
-    jobs = slurm_jobs(name, finished=True)
-    assert [job.state for job in jobs] == ["COMPLETED"], jobs
-    assert f"# aloe: srun --job-name={name} --nodes=1 --ntasks=1" in (folder / "train.log").read_text()
-    local = load_predictions(runs["local"].run_dir / "members" / "member-0" / "test_predictions.npz")
-    remote = load_predictions(folder / "test_predictions.npz")
-    for key in ("e_pred", "f_pred", "s_pred"):
-        assert np.allclose(local[key], remote[key], rtol=1e-9, atol=1e-12), key

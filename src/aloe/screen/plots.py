@@ -16,22 +16,25 @@ def plot_disagreements(
     disagreements: dict[str, np.ndarray],
     factor: np.ndarray,
     thresholds: dict[str, float],
-    outcome: np.ndarray,
+    eligible: np.ndarray,
+    counts: dict[str, int],
     path: Path,
     committee: list[str],
 ) -> None:
     """Three histograms of disagreement / per-structure factor, with the base threshold as a line.
 
     Dividing by the factor puts every structure on the scale of the base threshold, so one line marks the
-    selection boundary for all of them.
+    selection boundary for all of them. Only the structures that passed the discard filters compete for
+    selection (``eligible``: selected or rejected); those are plotted. ``counts``: structures per outcome.
     """
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    # Only structures that passed the discard filters compete for selection; plot those.
-    eligible = np.isin(outcome, ["selected", "rejected"])
+    factor = factor[eligible]  # one copy for the three panels
     for ax, (name, values) in zip(axes, disagreements.items(), strict=True):
-        scaled = np.where(eligible, values / factor, np.nan)
+        scaled = values[eligible]
+        scaled /= factor
         finite = scaled[np.isfinite(scaled) & (scaled > 0)]
+        del scaled
         limit = thresholds[name]
         if len(finite):
             lo, hi = min(finite.min(), limit) / 1.5, max(finite.max(), limit) * 1.5
@@ -57,9 +60,7 @@ def plot_disagreements(
         ax.set_xlabel(f"{name} disagreement / threshold factor ({UNITS[name]})")
         ax.set_ylabel("structures")
         ax.legend(loc="upper left", fontsize=8)
-    counts = {
-        k: int((outcome == k).sum()) for k in ("selected", "rejected", "discarded", "failed", "overlap")
-    }
+    counts = {k: counts.get(k, 0) for k in ("selected", "rejected", "discarded", "failed", "overlap")}
     fig.suptitle(
         f"Committee disagreement ({', '.join(committee)})   "
         + "  ".join(f"{k}: {v}" for k, v in counts.items()),

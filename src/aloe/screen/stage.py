@@ -421,8 +421,9 @@ def read_metrics(run_dir: str | Path, columns: list[str] | None = None) -> pa.Ta
 def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], settings: ScreenSettings):
     """Counts per outcome, selection rates per element and prototype, tables and plots.
 
-    The metrics are read one chunk file at a time: the client keeps four numbers and one code per structure (for
-    the quantiles and histograms), not the table, so a screen of millions of candidates ends in little memory.
+    The metrics are read one chunk file at a time into arrays of the final size: the client keeps four numbers and
+    one code per structure (for the exact quantiles and histograms; 33 bytes), not the table, so a screen of
+    millions of candidates ends in little memory.
     """
     from aloe.screen.plots import plot_disagreements, plot_selection_by_element
 
@@ -430,22 +431,28 @@ def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], setting
     if not files:
         raise AloeError(f"{run_dir}: no screen metrics found")
     code_of = {name: i for i, name in enumerate(OUTCOMES)}
-    labels = np.array([*OUTCOMES, "other"])
     kinds = ("energy", "force", "stress")
-    codes_parts: list[np.ndarray] = []
-    factor_parts: list[np.ndarray] = []
-    dis_parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    # Filled in place, chunk by chunk (sizes from the files' footers): no list of parts, no concatenated copy.
+    n = sum(pq.ParquetFile(str(file)).metadata.num_rows for file in files)
+    codes = np.empty(n, dtype=np.int8)
+    factor = np.empty(n)
+    dis = {k: np.empty(n) for k in kinds}
     per_element: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_proto: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     columns = ["outcome", "elements", "prototype", "factor", *(f"{k}_disagreement" for k in kinds)]
+    at = 0
     for file in files:
         table = pq.read_table(str(file), columns=columns)
+        if at + table.num_rows > n:
+            raise AloeError(f"{file}: the metric files changed while they were read")
+        rows = slice(at, at + table.num_rows)
+        at += table.num_rows
         outcomes = table.column("outcome").to_pylist()
-        codes_parts.append(np.array([code_of.get(o, len(OUTCOMES)) for o in outcomes], dtype=np.int8))
-        factor_parts.append(np.asarray(table.column("factor").to_numpy(zero_copy_only=False), dtype=float))
+        codes[rows] = [code_of.get(o, len(OUTCOMES)) for o in outcomes]
+        factor[rows] = np.asarray(table.column("factor").to_numpy(zero_copy_only=False), dtype=float)
         for k in kinds:
             column = table.column(f"{k}_disagreement").to_numpy(zero_copy_only=False)
-            dis_parts[k].append(np.asarray(column, dtype=float))
+            dis[k][rows] = np.asarray(column, dtype=float)
         for elements, proto, out in zip(
             table.column("elements").to_pylist(), table.column("prototype").to_pylist(), outcomes, strict=True
         ):
@@ -458,12 +465,13 @@ def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], setting
             per_proto[proto][0] += 1
             per_proto[proto][1] += hit
         del table, outcomes
-    codes = np.concatenate(codes_parts)
-    outcome = labels[codes]
-    counts: dict[str, Any] = {"structures": len(codes), "committee": names}
-    counts["outcomes"] = {name: int((codes == i).sum()) for i, name in enumerate(OUTCOMES)}
-    evaluated = np.isin(outcome, ["selected", "rejected", "discarded"])
-    counts["selection_rate"] = round(float((outcome == SELECTED).sum() / max(evaluated.sum(), 1)), 6)
+    if at != n:
+        raise AloeError(f"{run_dir}: the metric files changed while they were read ({at} rows, {n} expected)")
+    per_outcome = np.bincount(codes, minlength=len(OUTCOMES) + 1)
+    counts: dict[str, Any] = {"structures": n, "committee": names}
+    counts["outcomes"] = {name: int(per_outcome[i]) for i, name in enumerate(OUTCOMES)}
+    evaluated = sum(int(per_outcome[code_of[o]]) for o in ("selected", "rejected", "discarded"))
+    counts["selection_rate"] = round(float(per_outcome[code_of[SELECTED]] / max(evaluated, 1)), 6)
     rates_el = {
         k: {"evaluated": v[0], "selected": int(v[1]), "rate": round(v[1] / v[0], 4)}
         for k, v in sorted(per_element.items(), key=lambda kv: symbol_to_z(kv[0]))
@@ -475,26 +483,32 @@ def summarize(run_dir: Path, chunks: list[InputChunk], names: list[str], setting
     _write_csv(run_dir / "selection_by_element.csv", "element", rates_el)
     _write_csv(run_dir / "selection_by_prototype.csv", "prototype", rates_pr)
 
-    factor = np.concatenate(factor_parts)
-    dis = {k: np.concatenate(parts) for k, parts in dis_parts.items()}
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     t = settings.thresholds
+    eligible = (codes == code_of["selected"]) | (codes == code_of["rejected"])
+    del codes
     plot_disagreements(
         dis,
         factor,
         {"energy": t.energy, "force": t.force, "stress": t.stress},
-        outcome,
+        eligible,
+        {name: int(per_outcome[code_of[name]]) for name in OUTCOMES},
         plots / "disagreements.png",
         names,
     )
+    del eligible, factor
     if rates_el:
         plot_selection_by_element(rates_el, plots / "selection_by_element.png")
     quantiles = {}
-    for k, v in dis.items():
-        finite = v[np.isfinite(v)]
-        if len(finite):
-            quantiles[k] = {f"p{q}": float(np.percentile(finite, q)) for q in (5, 25, 50, 75, 95)}
+    for k in kinds:
+        finite = dis[k][np.isfinite(dis[k])]
+        del dis[k]
+        if len(finite):  # overwrite_input: partition the copy in place (the same numbers, no second copy)
+            quantiles[k] = {
+                f"p{q}": float(np.percentile(finite, q, overwrite_input=True)) for q in (5, 25, 50, 75, 95)
+            }
+        del finite
     extra = {
         "disagreement_quantiles": quantiles,
         "selection_by_element": rates_el,
