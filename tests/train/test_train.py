@@ -344,6 +344,28 @@ def test_each_member_has_its_own_recorded_split(committee):
     assert summary["counts"]["split"]["member-1"] == {"train": 44, "valid": 2, "test": 2}
 
 
+def test_progress_says_what_mace_does_before_its_first_epoch_ends(committee, tmp_path):
+    """The phases come from mace's own log lines: the log of a real training, cut after each one."""
+    from aloe.train.stage import _last_epoch, _mace_phase
+
+    text = (committee.run_dir / "members" / "member-0" / "train.log").read_text()
+    expected = [
+        ("Computing average number of neighbors", "neighbour statistics (a pass over the training data)"),
+        ("===========MODEL DETAILS===========", "scale and shift (a pass over the training data)"),
+        ("Building model", "building the model"),
+        ("Initial:", "training the first epoch"),
+    ]
+    log = tmp_path / "train.log"
+    assert _mace_phase(log) is None  # no log yet
+    for marker, phase in expected:
+        cut = text.index(marker)
+        log.write_text(text[: text.index("\n", cut) + 1])
+        assert _mace_phase(log) == phase, marker
+        assert _last_epoch(log) is None
+    log.write_text(text)
+    assert _last_epoch(log) == 3  # 4 epochs: then the bar shows the epoch
+
+
 def committee_inputs(run: Path) -> list[str]:
     return yaml.safe_load((run / "run.yaml").read_text())["settings"]["inputs"]
 

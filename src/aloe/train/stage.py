@@ -455,8 +455,35 @@ def _last_epoch(log: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
+#: What mace is doing before its first epoch ends, from the last of these lines in its log (at 10^6 structures
+#: read from HDF5 shards, each statistics pass takes hours).
+_MACE_PHASES = (
+    (b"Computing average number of neighbors", "neighbour statistics (a pass over the training data)"),
+    (b"===========MODEL DETAILS===========", "scale and shift (a pass over the training data)"),
+    (b"Building model", "building the model"),
+    (b"Initial:", "training the first epoch"),
+)
+
+
+def _mace_phase(log: Path) -> str | None:
+    """What mace is doing according to the end of ``log`` (before its first epoch ends), or None."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            tail = fh.read()
+    except OSError:
+        return None
+    found = [(tail.rfind(marker), phase) for marker, phase in _MACE_PHASES]
+    at, phase = max(found)
+    return phase if at >= 0 else None
+
+
 class _EpochWatcher(threading.Thread):
-    """Shows each running member's epoch (read from its train.log) beside the bar over members."""
+    """Shows each running member's epoch (read from its train.log) beside the bar over members.
+
+    Before a member's first epoch ends, what mace is doing instead (its statistics passes, building the model).
+    """
 
     def __init__(self, bar: Any, logs: dict[int, Path], epochs: int) -> None:
         super().__init__(daemon=True)
@@ -473,6 +500,8 @@ class _EpochWatcher(threading.Thread):
                 epoch = _last_epoch(log)
                 if epoch is not None:
                     parts.append(f"{member_name(k)} epoch {epoch + 1}/{self.epochs}")
+                elif (phase := _mace_phase(log)) is not None:
+                    parts.append(f"{member_name(k)} {phase}")
             if parts:
                 self.bar.set_postfix_str(", ".join(parts))
 
