@@ -75,7 +75,7 @@ PUBLISHED = ROOT.parent / "shared" / "data" / "mp-aloe-prototypes"
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "bench_million"
 ALOE = str(Path(sys.executable).with_name("aloe"))
-#: Cheap committee: three Lennard-Jones parameter sets (tests/loop/test_loop.py).
+#: Cheap committee: three Lennard-Jones parameter sets (tests/loop/test_loop.py); rc: ``--lj-cutoff``.
 COMMITTEE = [
     "lj(sigma=2.3,epsilon=0.05,rc=6.0)",
     "lj(sigma=2.4,epsilon=0.05,rc=6.0)",
@@ -86,6 +86,13 @@ PRODUCTS = {
     "generate": ["chunks/*.parquet", "occupations.json", "plan.npz"],
     "screen": ["metrics/*.parquet", "selected/*.parquet", "selection_by_*.csv"],
 }
+
+
+def committee(rc: float) -> list[str]:
+    """:data:`COMMITTEE` with the cutoff ``rc``."""
+    return [name.replace("rc=6.0", f"rc={rc:g}") for name in COMMITTEE]
+
+
 DONE_FILES = {"generate": "chunks/chunk-*.parquet", "screen": "metrics/chunk-*.parquet"}
 TARGET_FLAT = 1.2
 SAMPLE_INTERVAL = 0.2
@@ -116,7 +123,7 @@ def write_config(path: Path, args: argparse.Namespace, n: int) -> Path:
             **runtime,
         },
         "screen": {
-            "committee": COMMITTEE,
+            "committee": committee(args.lj_cutoff),
             "energy_basis": "total",
             "compute_references": False,
             **runtime,
@@ -706,6 +713,13 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1000, help="candidates per chunk (all sizes)")
     parser.add_argument("--prototypes", default=str(PUBLISHED) if PUBLISHED.is_dir() else "builtin")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    parser.add_argument(
+        "--lj-cutoff",
+        type=float,
+        default=6.0,
+        help="cutoff rc (A) of the three LJ committee members (4.0: about 1.45 x faster screening; ASE's "
+        "neighbour list is two thirds of the time)",
+    )
     parser.add_argument(
         "--keep", type=Path, default=None, help="run folders here (kept) instead of a temp folder"
     )
