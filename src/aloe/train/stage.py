@@ -443,15 +443,21 @@ def _error_row(k: int, sizes: dict[str, int], arrays: dict[str, Any], m: dict[st
 _EPOCH = re.compile(rb"Epoch (\d+):")
 
 
-def _last_epoch(log: Path) -> int | None:
-    """The last epoch mace reported in ``log`` (0-based), or None."""
+def _log_tail(log: Path) -> bytes | None:
+    """The last 64 kB of ``log``, or None when it cannot be read."""
     try:
         with open(log, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - 65536))
-            found = _EPOCH.findall(fh.read())
+            return fh.read()
     except OSError:
         return None
+
+
+def _last_epoch(log: Path) -> int | None:
+    """The last epoch mace reported in ``log`` (0-based), or None."""
+    tail = _log_tail(log)
+    found = _EPOCH.findall(tail) if tail is not None else []
     return int(found[-1]) if found else None
 
 
@@ -467,12 +473,8 @@ _MACE_PHASES = (
 
 def _mace_phase(log: Path) -> str | None:
     """What mace is doing according to the end of ``log`` (before its first epoch ends), or None."""
-    try:
-        with open(log, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 65536))
-            tail = fh.read()
-    except OSError:
+    tail = _log_tail(log)
+    if tail is None:
         return None
     found = [(tail.rfind(marker), phase) for marker, phase in _MACE_PHASES]
     at, phase = max(found)
