@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aloe.errors import one_line
+from aloe.potentials.neighbours import VERLET_KEY
 from aloe.structures import StructureBatch
 
 if TYPE_CHECKING:
@@ -158,7 +159,9 @@ class Potential:
             The structures.
         shared
             A scratch dict shared by the members of a committee for the same batch (e.g. neighbour graphs that
-            several models can reuse).
+            several models can reuse). A :class:`~aloe.potentials.neighbours.VerletNeighbours` under
+            :data:`~aloe.potentials.neighbours.VERLET_KEY` supplies the neighbour lists of models that use
+            :func:`~aloe.potentials.neighbours.neighbour_list` (MD).
         """
         return self._predict_robustly(batch, shared, self._predict_batch, energy_only=False)
 
@@ -195,6 +198,8 @@ class Potential:
         for rows, sub in batch.chunks(max(1, self.batch_size)):
             # Members with the same batch size cut the batch the same way, so they share per-sub-batch scratch.
             scratch = shared.setdefault(("rows", int(rows[0]), len(rows)), {})
+            if VERLET_KEY in shared:  # MD's Verlet lists serve every sub-batch's neighbour list
+                scratch.setdefault(VERLET_KEY, shared[VERLET_KEY])
             try:
                 part = hook(sub, scratch)
             except Exception as exc:  # one bad structure must not stop the batch: isolate it

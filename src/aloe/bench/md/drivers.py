@@ -110,6 +110,8 @@ def run_batched(
         friction_per_ps=settings.friction_per_ps,
         rngs=[_noise_rng(s, ensemble) for s in seeds] if thermostat == "langevin" else None,
         ids=ids,
+        neighbour_skin=settings.neighbour_skin,
+        neighbour_max_strain=settings.neighbour_max_strain,
     )
     first_energy = np.full(len(starts), np.nan)
     first_volume = np.full(len(starts), np.nan)

@@ -90,6 +90,14 @@ class BatchedMD:
         ``m`` numpy generators of the Langevin noise.
     ids
         ``m`` labels for the model's messages.
+    neighbour_skin
+        Verlet skin (A): each system's neighbour list holds the pairs within the model's cutoff plus the skin and
+        is rebuilt only when an atom moved more than half the skin (or the cell more than
+        ``neighbour_max_strain``); the pairs within the cutoff are filtered every step, so the forces are those of
+        a fresh list. 0: a fresh list every step. Used by models that take aloe's neighbour lists
+        (:func:`aloe.potentials.neighbours.neighbour_list`); others ignore it.
+    neighbour_max_strain
+        Largest change of a cell (any component of ``h0^-1 h - 1``) before its system's list is rebuilt.
 
     Attributes
     ----------
@@ -116,8 +124,12 @@ class BatchedMD:
         friction_per_ps: float = 10.0,
         rngs: Sequence[np.random.Generator] | None = None,
         ids: Sequence[str] | None = None,
+        neighbour_skin: float = 1.0,
+        neighbour_max_strain: float = 0.02,
     ) -> None:
         from ase import units
+
+        from aloe.potentials.neighbours import VerletNeighbours
 
         if thermostat not in ("nose-hoover", "langevin"):
             raise ValueError(f"unknown thermostat {thermostat!r}")
@@ -132,6 +144,13 @@ class BatchedMD:
         self.friction = float(friction_per_ps) / (1000.0 * units.fs)
         self.kB = units.kB
         self.ids = list(ids) if ids is not None else [str(i) for i in range(m)]
+        if len(set(self.ids)) != len(self.ids):  # the Verlet lists tell systems apart by their ids
+            self.ids = [f"{label}#{k}" for k, label in enumerate(self.ids)]
+        self.verlet = (
+            VerletNeighbours(skin=float(neighbour_skin), max_strain=float(neighbour_max_strain))
+            if neighbour_skin > 0
+            else None
+        )
         self.dropped: list[tuple[int, str]] = []
         # ---- per-system state (m,) ...
         self.index = np.arange(m)
@@ -197,6 +216,8 @@ class BatchedMD:
         if not gone:
             return
         keep = np.array([int(s) not in gone for s in self.index], dtype=bool)
+        if self.verlet is not None:
+            self.verlet.forget([self.ids[s] for s in gone])
         atom_keep = keep[self.owner]
         for name in self._system_fields:
             value = getattr(self, name, None)
@@ -308,7 +329,10 @@ class BatchedMD:
             offsets=self.offsets.copy(),
             ids=[self.ids[i] for i in self.index],
         )
-        pred: Predictions = self.potential.predict(batch)
+        from aloe.potentials.neighbours import VERLET_KEY
+
+        shared = {} if self.verlet is None else {VERLET_KEY: self.verlet}
+        pred: Predictions = self.potential.predict(batch, shared)
         self.energy = np.asarray(pred.energy, dtype=float).copy()
         self.forces = np.asarray(pred.forces, dtype=float).reshape(-1, 3).copy()
         self.stress = np.asarray(pred.stress, dtype=float).reshape(-1, 6).copy()

@@ -70,6 +70,19 @@ class MDSettings(AloeSettings):
         1, ge=1, description="Steps between validity checks (the last step is always checked)."
     )
     batch_systems: int = Field(8, ge=1, description="Systems in one batched integrator.")
+    neighbour_skin: float = Field(
+        1.0,
+        ge=0,
+        description="Batched integrator: Verlet skin (A) of each system's neighbour list, which is rebuilt only "
+        "when an atom moved more than half of it or the cell changed more than neighbour_max_strain; 0 rebuilds "
+        "every step. For models that take aloe's neighbour lists (CHGNet, MACE, Lennard-Jones).",
+    )
+    neighbour_max_strain: float = Field(
+        0.02,
+        gt=0,
+        description="Batched integrator: largest change of a system's cell (any component of h0^-1 h - 1) before "
+        "its neighbour list is rebuilt (NPT).",
+    )
     backend: Literal["auto", "batched", "ase"] = Field(
         "auto",
         description="Integrator. batched: aloe's batched integrator, batch_systems structures per integrator "
