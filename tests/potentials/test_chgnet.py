@@ -129,9 +129,33 @@ def test_graph_settings_group_the_models(potentials):
     assert settings["0.2.0"][1:3] == (5.0, 3.0)
 
 
+def test_committee_shares_one_neighbour_list_and_graphs(potentials, chgnet_batch, monkeypatch):
+    # The batch path: one neighbour list for the committee (the 6 A list serves 0.2.0's 5 A by filtering), one
+    # graph index per converter setting (0.3.0 and r2scan share theirs).
+    from aloe.potentials import chgnet_graph, neighbours
+
+    lists: list[float] = []
+    indexes: list[float] = []
+    compute, index = neighbours.compute_neighbours, chgnet_graph.graph_index
+    monkeypatch.setattr(
+        neighbours, "compute_neighbours", lambda b, rc, *a: lists.append(rc) or compute(b, rc, *a)
+    )
+    monkeypatch.setattr(chgnet_graph, "graph_index", lambda p, bc: indexes.append(p.cutoff) or index(p, bc))
+    shared: dict = {}
+    together = [potentials[name].predict(chgnet_batch, shared) for name in ("0.3.0", "0.2.0", "r2scan")]
+    assert lists == [6.0] and indexes == [6.0, 5.0]
+    alone = [potentials[name].predict(chgnet_batch) for name in ("0.3.0", "0.2.0", "r2scan")]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(a.energy, b.energy)
+        np.testing.assert_array_equal(a.forces, b.forces)
+
+
 def test_committee_shares_graphs(potentials, chgnet_batch, monkeypatch):
     calls: list[str] = []
     for name in MODELS:
+        monkeypatch.setattr(
+            potentials[name], "graph_builder", "converter"
+        )  # CHGNet's converter per structure
         conv = potentials[name].model.graph_converter
         original = conv.forward
 
@@ -153,7 +177,9 @@ def test_committee_shares_graphs(potentials, chgnet_batch, monkeypatch):
 
 
 def test_a_graph_that_cannot_be_built_fails_alone(potentials, chgnet_batch, monkeypatch):
+    # The converter path (the batch path's failing rows: tests/potentials/test_chgnet_graph.py).
     pot = potentials["0.2.0"]
+    monkeypatch.setattr(pot, "graph_builder", "converter")
     conv = pot.model.graph_converter
     original = conv.forward
 

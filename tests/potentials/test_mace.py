@@ -64,7 +64,9 @@ def test_committee_members_share_input_graphs(tiny_mace_file, tmp_path, monkeypa
 
     other = tmp_path / "other.model"
     shutil.copy(tiny_mace_file, other)
-    a, b = MACEPotential(tiny_mace_file), MACEPotential(other)
+    # The per-structure path (mace's own AtomicData); the batch path's sharing is in test_mace_batch_input.py.
+    a = MACEPotential(tiny_mace_file, graph_builder="per-structure")
+    b = MACEPotential(other, graph_builder="per-structure")
     batch = StructureBatch.from_atoms(alcu_structures())
     original = mace_data.AtomicData.from_config
     calls = []

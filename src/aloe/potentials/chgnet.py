@@ -12,9 +12,15 @@ One deliberate difference: chgnet 0.4.2 divides by the signed volume ``a . (b x 
 (negative triple product) its stress, also through ``CHGNetCalculator``, comes out with the wrong sign. aloe divides
 by ``|V|`` (as MACE does); for right-handed cells, all that aloe's generator makes, the results are identical.
 
-Neighbour graphs depend only on the converter settings (cutoffs, algorithm), not on the weights, so committee
-members with identical settings (0.3.0 and r2scan: atom cutoff 6 A, bond cutoff 3 A; 0.2.0 uses 5 A) build them once
-per sub-batch through the ``shared`` scratch dict of :meth:`aloe.potentials.base.Potential.predict`.
+Graphs. By default (``graph_builder="batch"``) the graphs of a whole sub-batch come from one neighbour-list pass
+(:mod:`aloe.potentials.neighbours`, matscipy) and vectorised numpy (:mod:`aloe.potentials.chgnet_graph`): the same
+edges, bonds and angles as CHGNet's own converter, as sets (tested on 217 structures), and the ``BatchedGraph`` is
+assembled in one pass with the model's own encoders. ``graph_builder="converter"`` keeps CHGNet's converter,
+structure by structure, as the reference. Graphs depend only on the converter settings (cutoffs), not on the
+weights, so committee members with identical settings (0.3.0 and r2scan: atom cutoff 6 A, bond cutoff 3 A; 0.2.0
+uses 5 A) build them once per sub-batch through the ``shared`` scratch dict of
+:meth:`aloe.potentials.base.Potential.predict`, and the 5 A list is the 6 A list filtered. In MD the lists are
+Verlet lists (:class:`aloe.potentials.neighbours.VerletNeighbours`).
 
 Batch invariance (why a sub-batch may be split in two). ``CHGNet._compute`` runs its bond-graph layers
 (``BondConv``, ``AngleUpdate``) only ``if len(g.angle_bases) != 0`` -- a test on the WHOLE ``BatchedGraph``. A

@@ -133,7 +133,7 @@ def graph_index(neighbours: Neighbours, bond_cutoff: float) -> GraphIndex:
         np.column_stack([j, i, -shifts]),
     )
     if n_edges:
-        _, first_edge, directed2undirected = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        _, first_edge, directed2undirected = np.unique(_packed(key), return_index=True, return_inverse=True)
         directed2undirected = directed2undirected.reshape(-1)
         counts = np.bincount(directed2undirected, minlength=len(first_edge))
         if not np.all(counts == 2):
@@ -165,6 +165,23 @@ def graph_index(neighbours: Neighbours, bond_cutoff: float) -> GraphIndex:
         undirected2directed=undirected2directed,
         bond_graph=bond_graph.astype(np.int64),
         angle_owner=neighbours.owner[a],
+    )
+
+
+def _packed(key: np.ndarray) -> np.ndarray:
+    """Rows ``(a, b, Sx, Sy, Sz)`` as one int64 each (same equalities), or the rows themselves when they do not fit.
+
+    ``np.unique`` of one int64 column is ~10x faster than of rows (``axis=0``).
+    """
+    atoms = int(key[:, :2].max()) + 1
+    span = int(np.abs(key[:, 2:]).max()) * 2 + 1
+    if atoms * atoms * span**3 >= 2**62:
+        return np.ascontiguousarray(key).view([("", key.dtype)] * key.shape[1]).reshape(-1)
+    shifted = key[:, 2:] + span // 2
+    return (
+        ((key[:, 0] * atoms + key[:, 1]) * span + shifted[:, 0]) * span * span
+        + shifted[:, 1] * span
+        + shifted[:, 2]
     )
 
 

@@ -1,14 +1,24 @@
 """MACE models from ``.model`` files (a whole pickled ``torch.nn.Module``, as mace-torch writes them), batched.
 
-The batched path builds its input with mace-torch's own data utilities, exactly as ``MACECalculator`` does for one
-structure (``data.config_from_atoms`` -> ``data.AtomicData.from_config`` -> ``torch_geometric.Batch``), and calls
-``model(batch, compute_stress=True, training=False)`` once per sub-batch; the results equal ``MACECalculator`` per
-structure (tested). MACE's stress output is ``dE/d(strain) / V`` in eV/A^3, ASE's sign; like the calculator we
-symmetrise it into Voigt order. Energies alone (:meth:`MACEPotential.predict_energies`) call the same model with
-``compute_force=False, compute_stress=False`` under ``torch.no_grad()``: the forward pass only.
+The model is called as ``MACECalculator`` calls it, ``model(batch, compute_stress=True, training=False)``, once per
+sub-batch; the results equal ``MACECalculator`` per structure (tested). MACE's stress output is ``dE/d(strain) / V``
+in eV/A^3, ASE's sign; like the calculator we symmetrise it into Voigt order. Energies alone
+(:meth:`MACEPotential.predict_energies`) call the same model with ``compute_force=False, compute_stress=False``
+under ``torch.no_grad()``: the forward pass only.
 
-The per-structure graphs (``AtomicData``) depend only on the cutoff, the element table, the heads and the dtype, so
-the members of a committee of MACE models trained with the same settings build them once per sub-batch.
+Two ways to build the model's input dict (``graph_builder``):
+
+- ``"batch"`` (default): the whole sub-batch at once (:meth:`MACEPotential.graph`, :meth:`MACEPotential.graph_input`)
+  from one neighbour list of the batch (:func:`aloe.potentials.neighbours.neighbour_list`, matscipy's rule
+  ``d < r_max`` as mace-torch's ``get_neighborhood``), with numpy over the batch for the rest. Every key equals what
+  the per-structure path gives (value, dtype, shape; tested), except that the edges come in another order.
+- ``"per-structure"``: mace-torch's own data utilities, structure by structure, as ``MACECalculator`` builds its
+  input (``data.config_from_atoms`` -> ``data.AtomicData.from_config`` -> ``torch_geometric.Batch``); the
+  reference path.
+
+Both inputs depend only on the cutoff and the element table (plus the heads and the dtype for the per-structure
+``AtomicData``), so the members of a committee of MACE models trained with the same settings build them once per
+sub-batch through the ``shared`` scratch dict (and the neighbour list once for every model that uses it).
 
 Quirks of mace-torch 0.3.16 with torch >= 2.6 (here 2.13):
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +47,6 @@ from aloe.potentials.base import (
     Predictions,
     file_digest,
     shared_inputs,
-    usable_rows,
     voigt_from_tensor,
 )
 from aloe.structures import StructureBatch
@@ -45,9 +55,78 @@ if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
 
 _DATA_KEY = "mace-data"
+_GRAPH_KEY = "mace-graph"
+GRAPH_BUILDERS = ("batch", "per-structure")
 # MACECalculator's defaults (info keys read from Atoms.info; "Qs" per-atom charges), so inputs are built identically.
 _INFO_KEYS = {"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"}
 _ARRAYS_KEYS = {"Qs": "charges"}
+
+# What ``AtomicData.from_config`` (mace-torch 0.3.16) puts in the remaining keys for an ``Atoms`` without labels,
+# weights or info keys (aloe's structures carry none): key -> (value, shape per structure or per atom). Batched,
+# a per-structure key has shape ``(m, *shape)`` and a per-atom key ``(N, *shape)``. The model reads few of them
+# (total_charge, total_spin, external_field, fermi_level ... in field and charge models); all are given.
+_PER_STRUCTURE_CONSTANTS: dict[str, tuple[float, tuple[int, ...]]] = {
+    "weight": (1.0, ()),
+    "energy_weight": (1.0, ()),
+    "forces_weight": (1.0, ()),
+    "stress_weight": (1.0, ()),
+    "virials_weight": (1.0, ()),
+    "dipole_weight": (1.0, (3,)),
+    "charges_weight": (1.0, ()),
+    "polarizability_weight": (1.0, (3, 3)),
+    "energy": (0.0, ()),
+    "stress": (0.0, (3, 3)),
+    "virials": (0.0, (3, 3)),
+    "dipole": (0.0, (3,)),
+    "polarizability": (0.0, (3, 3)),
+    "elec_temp": (0.0, ()),
+    "total_charge": (0.0, ()),
+    "total_spin": (1.0, ()),
+    "fermi_level": (0.0, ()),
+    "external_field": (0.0, (3,)),
+}
+_PER_ATOM_CONSTANTS: dict[str, tuple[float, tuple[int, ...]]] = {
+    "forces": (0.0, (3,)),
+    "charges": (0.0, ()),
+    "density_coefficients": (0.0, (1,)),
+}
+
+
+@dataclass(frozen=True)
+class MACEGraph:
+    """MACE's input graph of a batch's usable structures, in numpy: what neither the weights nor the dtype change.
+
+    Atoms and edges are numbered within the usable structures, in batch order (as ``batch.take(rows)`` numbers them).
+
+    Attributes
+    ----------
+    rows
+        Shape ``(m,)`` int64: the usable structures (ascending rows of the batch).
+    n_atoms
+        Shape ``(m,)`` int64: atoms per usable structure.
+    species
+        Shape ``(N,)`` int64: index of each atom's element in the model's element table.
+    positions
+        Shape ``(N, 3)`` float64: Cartesian positions (A), ``frac @ cell`` per structure as ASE computes them.
+    cells
+        Shape ``(m, 3, 3)`` float64: cell vectors as rows (A).
+    edge_index
+        Shape ``(2, E)`` int64: ``(sender, receiver)`` = mace's ``(i, j)``: atom ``j`` sits at
+        ``r_j + unit_shifts @ cell - r_i`` from atom ``i``; every pair with ``d < r_max`` appears both ways.
+    unit_shifts
+        Shape ``(E, 3)`` int64: cell image of the receiver.
+    shifts
+        Shape ``(E, 3)`` float64: ``unit_shifts @ cell`` of the edge's structure (A).
+    """
+
+    rows: np.ndarray
+    n_atoms: np.ndarray
+    species: np.ndarray
+    positions: np.ndarray
+    cells: np.ndarray
+    edge_index: np.ndarray
+    unit_shifts: np.ndarray
+    shifts: np.ndarray
 
 
 def ensure_e3nn_importable() -> None:
@@ -102,6 +181,10 @@ class MACEPotential(Potential):
         If given, ``torch.set_num_threads(threads)`` when the model is loaded (aloe uses 1 per process).
     head
         Model head for multi-head models; default as ``MACECalculator`` picks it (the only head, else "default").
+    graph_builder
+        ``"batch"`` (default): the input dict of a whole sub-batch from one neighbour list (:meth:`graph`);
+        ``"per-structure"``: mace-torch's ``AtomicData.from_config`` per structure (the reference path). Both give
+        the same input, up to the order of the edges.
     """
 
     def __init__(
@@ -113,6 +196,7 @@ class MACEPotential(Potential):
         batch_size: int = 32,
         threads: int | None = None,
         head: str | None = None,
+        graph_builder: str = "batch",
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -125,6 +209,11 @@ class MACEPotential(Potential):
         self.batch_size = int(batch_size)
         self.threads = threads
         self.head_request = head
+        if graph_builder not in GRAPH_BUILDERS:
+            raise AloeError(
+                f"{self.name}: graph_builder must be 'batch' or 'per-structure', not {graph_builder!r}"
+            )
+        self.graph_builder = graph_builder
         self._model: Any = None
         self._device: str | None = None
 
@@ -185,7 +274,126 @@ class MACEPotential(Potential):
                 models=[module], device=device, default_dtype=self.dtype, **_head_kwargs(self.head_request)
             )
 
-    # ---- prediction ---------------------------------------------------------------------------------------
+    # ---- the batched input (graph_builder="batch") ------------------------------------------------------------
+    def graph(
+        self, batch: StructureBatch, shared: dict[str, Any] | None = None
+    ) -> tuple[MACEGraph, dict[int, str]]:
+        """The :class:`MACEGraph` of the usable structures of ``batch``, and why the others are not usable.
+
+        One neighbour list for the batch (:func:`~aloe.potentials.neighbours.neighbour_list`, ``d < r_max``,
+        shared with the committee through ``shared``). The graph depends only on ``r_max`` and the element table,
+        so members with equal ones (whatever their dtype or head) share it through ``shared``.
+
+        Returns
+        -------
+        tuple
+            ``(graph, failed)``: the graph of the usable rows, and row -> reason (without the model's name) for
+            the others: elements the model has no parameters for, or a neighbour list that failed.
+        """
+        from aloe.potentials.neighbours import neighbour_list
+
+        _ = self.model  # loads, which sets r_max and the element table
+        key = (_GRAPH_KEY, self.r_max, tuple(self.atomic_numbers))
+        if shared is not None and key in shared:
+            return shared[key]
+        m = len(batch)
+        numbers = np.asarray(batch.numbers, dtype=np.int64)
+        table = np.asarray(self.atomic_numbers, dtype=np.int64)
+        index_of = np.full(
+            max(int(numbers.max(initial=0)), int(table.max(initial=0))) + 1, -1, dtype=np.int64
+        )
+        index_of[table] = np.arange(len(table))
+        species_all = index_of[numbers]
+        owner = batch.owner
+        failed: dict[int, str] = {}
+        for r in np.unique(owner[species_all < 0]).tolist():
+            failed[r] = _missing_elements(numbers[batch.atom_slice(r)], table)
+        pairs = neighbour_list(batch, self.r_max, shared, inclusive=False)
+        for r, reason in pairs.failed.items():
+            failed.setdefault(r, reason)
+
+        usable = np.ones(m, dtype=bool)
+        usable[list(failed)] = False
+        rows = np.flatnonzero(usable)
+        atom_kept = usable[owner]
+        renumber = np.cumsum(atom_kept) - 1  # old global atom index -> index among the usable atoms
+        edge_kept = usable[pairs.owner]
+        edge_index = np.stack((renumber[pairs.first[edge_kept]], renumber[pairs.second[edge_kept]]))
+        unit_shifts = pairs.shifts[edge_kept]
+        edge_owner = pairs.owner[edge_kept]
+
+        # Positions and shifts structure by structure with np.dot, as ASE (Atoms(scaled_positions=...)) and
+        # mace's get_neighborhood compute them: the same float64 bits, hence the same input in either dtype.
+        positions = np.empty((int(atom_kept.sum()), 3))
+        shifts = np.empty((len(unit_shifts), 3))
+        # The pairs come ordered by structure: those of rows[k] lie between edge_bounds[k] and edge_bounds[k + 1].
+        edge_bounds = np.searchsorted(edge_owner, np.concatenate([rows, [m]]))
+        start = 0
+        for k, r in enumerate(rows.tolist()):
+            sl = batch.atom_slice(r)
+            stop = start + (sl.stop - sl.start)
+            positions[start:stop] = np.dot(batch.frac_coords[sl], batch.cell[r])
+            first, last = edge_bounds[k], edge_bounds[k + 1]
+            shifts[first:last] = np.dot(unit_shifts[first:last], batch.cell[r])
+            start = stop
+
+        graph = MACEGraph(
+            rows=rows,
+            n_atoms=np.asarray(batch.n_atoms, dtype=np.int64)[rows],
+            species=species_all[atom_kept],
+            positions=positions,
+            cells=np.asarray(batch.cell, dtype=np.float64)[rows],
+            edge_index=edge_index.reshape(2, -1),
+            unit_shifts=unit_shifts,
+            shifts=shifts,
+        )
+        result = (graph, failed)
+        if shared is not None:
+            shared[key] = result
+        return result
+
+    def graph_input(self, graph: MACEGraph) -> dict[str, Any]:
+        """The model's input dict of ``graph``: the keys and values of the per-structure path, on the model's device.
+
+        Floating-point tensors are in the model's dtype; each is a new tensor (the model writes into the dict and
+        sets ``requires_grad`` on its tensors, so no two calls may share one).
+        """
+        import torch
+
+        model = self.model
+        dtype = next(model.parameters()).dtype
+        m, n = len(graph.rows), len(graph.species)
+        n_atoms = torch.from_numpy(graph.n_atoms)
+
+        node_attrs = torch.zeros(n, len(self.atomic_numbers), dtype=dtype)
+        node_attrs[torch.arange(n), torch.from_numpy(graph.species)] = 1.0
+        cells = torch.tensor(graph.cells, dtype=dtype)
+        # from_config: volume = det(cell) and rcell = 2 pi inv(cell^T) (zero for a flat cell), in the model's dtype.
+        volume = torch.linalg.det(cells)
+        rcell = torch.zeros_like(cells)
+        solid = volume.abs() > 0
+        rcell[solid] = 2 * torch.pi * torch.linalg.inv(cells[solid].mT)
+        data: dict[str, Any] = {
+            "batch": torch.repeat_interleave(torch.arange(m), n_atoms),
+            "ptr": torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(n_atoms, 0)]),
+            "node_attrs": node_attrs,
+            "positions": torch.tensor(graph.positions, dtype=dtype),
+            "cell": cells.reshape(3 * m, 3),
+            "rcell": rcell.reshape(3 * m, 3),
+            "volume": volume,
+            "pbc": torch.ones((m, 3), dtype=torch.bool),
+            "edge_index": torch.tensor(graph.edge_index, dtype=torch.int64),
+            "unit_shifts": torch.tensor(graph.unit_shifts, dtype=dtype),
+            "shifts": torch.tensor(graph.shifts, dtype=dtype),
+            "head": torch.full((m,), self.heads.index(self.head), dtype=torch.int64),
+        }
+        for name, (value, shape) in _PER_STRUCTURE_CONSTANTS.items():
+            data[name] = torch.full((m, *shape), value, dtype=dtype)
+        for name, (value, shape) in _PER_ATOM_CONSTANTS.items():
+            data[name] = torch.full((n, *shape), value, dtype=dtype)
+        return {key: value.to(self._device) for key, value in data.items()}
+
+    # ---- the per-structure input (graph_builder="per-structure") ----------------------------------------------
     def data_settings(self) -> tuple[Any, ...]:
         """What determines the per-structure input graphs; members with equal settings share them."""
         model = self.model  # loads, which sets r_max/heads/head
@@ -197,16 +405,15 @@ class MACEPotential(Potential):
         from mace import data as mace_data
         from mace.tools import torch_tools, utils
 
+        _ = self.model  # loads, which sets r_max and the element table
         z_table = utils.AtomicNumberTable(self.atomic_numbers)
         known = set(self.atomic_numbers)
         keyspec = mace_data.KeySpecification(info_keys=dict(_INFO_KEYS), arrays_keys=dict(_ARRAYS_KEYS))
 
         def build(row: int) -> Any:
-            missing = sorted(set(batch.numbers[batch.atom_slice(row)].tolist()) - known)
-            if missing:
-                from ase.data import chemical_symbols
-
-                return "no parameters for element(s) " + ", ".join(chemical_symbols[z] for z in missing)
+            numbers = batch.numbers[batch.atom_slice(row)]
+            if set(numbers.tolist()) - known:
+                return _missing_elements(numbers, np.asarray(self.atomic_numbers))
             config = mace_data.config_from_atoms(
                 batch.to_atoms(row), key_specification=keyspec, head_name=self.head
             )
@@ -217,7 +424,7 @@ class MACEPotential(Potential):
         with torch_tools.default_dtype(self.dtype):
             return shared_inputs(batch, shared, self.data_settings(), build)
 
-    def _model_input(self, items: list[Any], rows: list[int]) -> dict[str, Any]:
+    def data_input(self, items: list[Any], rows: list[int]) -> dict[str, Any]:
         """The model's input dict of ``items[rows]`` (one ``torch_geometric`` batch on the device, model dtype)."""
         import torch
         from mace.tools import torch_geometric
@@ -231,19 +438,46 @@ class MACEPotential(Potential):
                 data[key] = value.to(dtype=model_dtype)
         return data.to_dict()
 
+    # ---- prediction ---------------------------------------------------------------------------------------
+    def model_input(
+        self, batch: StructureBatch, shared: dict[str, Any] | None = None
+    ) -> tuple[list[int], dict[int, str], dict[str, Any] | None]:
+        """The model's input dict of the usable structures of ``batch``, from the ``graph_builder`` chosen.
+
+        Returns
+        -------
+        tuple
+            ``(rows, failed, data)``: the usable rows (ascending), row -> reason (without the model's name) for the
+            others, and the input dict of the usable rows in that order (``None`` if there are none).
+        """
+        if self.graph_builder == "batch":
+            graph, failed = self.graph(batch, shared)
+            rows = graph.rows.tolist()
+            return rows, failed, self.graph_input(graph) if rows else None
+        items = self.atomic_data(batch, shared)
+        failed = {r: item for r, item in enumerate(items) if isinstance(item, str)}
+        rows = [r for r in range(len(items)) if r not in failed]
+        return rows, failed, self.data_input(items, rows) if rows else None
+
+    def _usable_input(
+        self, batch: StructureBatch, shared: dict[str, Any], out: Predictions
+    ) -> tuple[list[int], dict[str, Any] | None]:
+        """:meth:`model_input`, with the reasons of the unusable rows written into ``out.errors``."""
+        rows, failed, data = self.model_input(batch, shared)
+        for r, reason in failed.items():
+            out.errors[r] = f"{self.name}: {reason}"
+        return rows, data
+
     def _predict_energy_batch(self, batch: StructureBatch, shared: dict[str, Any]) -> Predictions:
         # Forward pass only: no force/stress gradients, so no autograd graph either.
         import torch
 
         out = Predictions.empty(batch)
-        items = self.atomic_data(batch, shared)
-        rows = usable_rows(items, out.errors, f"{self.name}: ")
+        rows, data = self._usable_input(batch, shared, out)
         if not rows:
             return out
         with torch.no_grad():
-            result = self.model(
-                self._model_input(items, rows), compute_force=False, compute_stress=False, training=False
-            )
+            result = self.model(data, compute_force=False, compute_stress=False, training=False)
         energy = result["energy"].detach().double().cpu().numpy()
         for j, r in enumerate(rows):
             out.energy[r] = energy[j]
@@ -255,11 +489,9 @@ class MACEPotential(Potential):
 
         model = self.model
         out = Predictions.empty(batch)
-        items = self.atomic_data(batch, shared)
-        rows = usable_rows(items, out.errors, f"{self.name}: ")
+        rows, data = self._usable_input(batch, shared, out)
         if not rows:
             return out
-        data = self._model_input(items, rows)
         with torch.enable_grad():  # forces and stress are gradients, also when the caller runs under no_grad
             result = model(data, compute_stress=True, training=False)
         energy = result["energy"].detach().double().cpu().numpy()
@@ -294,6 +526,14 @@ def _pick_head(heads: list[str], requested: str | None, name: str) -> str:
         if head.lower() == "default":
             return head
     raise AloeError(f"{name}: a multi-head model needs head=...; the model has {', '.join(heads)}")
+
+
+def _missing_elements(numbers: np.ndarray, table: np.ndarray) -> str:
+    """Why a structure with ``numbers`` cannot be predicted by a model of the elements ``table``."""
+    from ase.data import chemical_symbols
+
+    missing = sorted(set(np.asarray(numbers).tolist()) - set(np.asarray(table).tolist()))
+    return "no parameters for element(s) " + ", ".join(chemical_symbols[z] for z in missing)
 
 
 def _head_kwargs(head: str | None) -> dict[str, str]:

@@ -1,16 +1,21 @@
-"""Periodic neighbour lists of a whole batch, for every model's graph, from one library (vesin).
+"""Periodic neighbour lists of a whole batch, for every model's graph, from one library (matscipy).
 
 One call gives the directed pairs ``(i, j, S)`` of every structure of a :class:`~aloe.structures.StructureBatch`
 within a cutoff, in the batch's global atom numbering: atom ``j`` seen from atom ``i`` sits at
-``r_j + S @ cell - r_i``. vesin computes each structure's list in C++ (a cell list); aloe writes no cell list
-of its own. Compared on 205 systems (200 candidates from the 817 prototypes plus a halide, a 1-atom Cu cell, an
-isolated Ar atom in a 10 A box, a 256-atom fcc cell and a skewed Pb2 cell), per system at 5 / 6 A: pymatgen
-134 / 146 us, ASE 3298 / 4570 us, matscipy 50 / 68 us, vesin 42 / 50 us. All give the same pair sets, except at a
-distance exactly equal to the cutoff, which pymatgen keeps (``d <= r``, CHGNet's converter) and the others drop
-(``d < r``, MACE's matscipy lists). :meth:`Neighbours.within` reproduces either rule from one list computed a little
-beyond the cutoff.
+``r_j + S @ cell - r_i``. matscipy computes each structure's list in C (a cell list); aloe writes no cell list of
+its own.
 
-Positions need not be wrapped into the cell (MD drifts out of it): each structure is wrapped before vesin sees
+Why matscipy (issue 21's comparison, 2-core CPU). On 205 systems (200 candidates from the 817 prototypes plus a
+halide, a 1-atom Cu cell, an isolated Ar atom in a 10 A box, a 256-atom fcc cell and a skewed Pb2 cell), the
+library call alone per system at 5 / 6 A: pymatgen 134 / 146 us, ASE 3298 / 4570 us, matscipy 50 / 68 us, vesin
+0.6.2 42 / 50 us. Inside aloe's per-structure function (wrap, call, shift correction, sort), on the 336 points of
+an EV scan at 6 A: matscipy 62 us, vesin 101-128 us (its Python wrapper converts and checks every array). Importing
+vesin imports torch (1.1 s, also in processes that run only EMT or Lennard-Jones); matscipy 0.07 s. matscipy is
+mace-torch's own neighbour library, so it adds no dependency. All give the same pair sets, except at a distance
+exactly equal to the cutoff, which pymatgen keeps (``d <= r``, CHGNet's converter) and the others drop (``d < r``,
+MACE's lists). :meth:`Neighbours.within` reproduces either rule from one list computed a little beyond the cutoff.
+
+Positions need not be wrapped into the cell (MD drifts out of it): each structure is wrapped before matscipy sees
 it and the shifts are corrected back, so ``S`` always refers to the positions as given.
 
 Sharing. :func:`neighbour_list` keeps, in a committee's ``shared`` scratch dict, the list of the largest cutoff
@@ -37,6 +42,7 @@ NEIGHBOURS_KEY = "neighbours"
 VERLET_KEY = "verlet-neighbours"
 #: pymatgen's ``numerical_tol`` (CHGNet's converter): pairs with ``d <= cutoff + TOLERANCE`` are in.
 TOLERANCE = 1e-8
+_PERIODIC = np.ones(3, dtype=bool)
 #: Lists are computed this much beyond the cutoff asked, so that ``within`` can apply either rule exactly.
 _MARGIN = 1e-6
 
@@ -85,6 +91,7 @@ class Neighbours:
             self.distances[keep],
             self.owner[keep],
             cutoff,
+            dict(self.failed),
         )
 
     def within(self, cutoff: float, *, inclusive: bool = True) -> Neighbours:
@@ -102,14 +109,14 @@ class Neighbours:
 
 
 def _one_structure(
-    cell: np.ndarray, frac: np.ndarray, cutoff: float
+    cell: np.ndarray, frac: np.ndarray, cutoff: float, *, check_cell: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(i, j, S, d)`` of one structure (local indices), vesin's full list on the wrapped positions."""
-    from vesin import NeighborList
+    """``(i, j, S, d)`` of one structure (local indices), matscipy's full list on the wrapped positions."""
+    from matscipy.neighbours import neighbour_list as library_list
 
     from aloe.structures import cell_problem
 
-    problem = cell_problem(cell)
+    problem = cell_problem(cell) if check_cell else None
     if problem is not None:
         raise ValueError(problem)
     if not np.isfinite(frac).all():
@@ -117,9 +124,7 @@ def _one_structure(
     images = np.floor(frac)
     wrapped = frac - images
     points = wrapped @ cell
-    i, j, shifts, d = NeighborList(cutoff=cutoff, full_list=True).compute(
-        points=points, box=cell, periodic=True, quantities="ijSd"
-    )
+    i, j, shifts, d = library_list("ijSd", positions=points, cell=cell, pbc=_PERIODIC, cutoff=cutoff)
     i = np.asarray(i, dtype=np.int64)
     j = np.asarray(j, dtype=np.int64)
     # r_j + S h - r_i with wrapped r = unwrapped r - n h: the shift of the unwrapped positions is S - n_j + n_i.
@@ -144,16 +149,32 @@ def compute_neighbours(batch: StructureBatch, cutoff: float, rows: np.ndarray | 
     parts: list[tuple[np.ndarray, ...]] = []
     failed: dict[int, str] = {}
     radius = float(cutoff) + _MARGIN
-    for r in rows.tolist():
+    usable = _usable_cells(batch.cell[rows])
+    for r, cell_ok in zip(rows.tolist(), usable.tolist(), strict=True):
         start, stop = int(batch.offsets[r]), int(batch.offsets[r + 1])
         try:
-            i, j, shifts, d = _one_structure(batch.cell[r], batch.frac_coords[start:stop], radius)
+            # cells that pass the vectorised test skip the per-structure one (which only gives the reason)
+            i, j, shifts, d = _one_structure(
+                batch.cell[r], batch.frac_coords[start:stop], radius, check_cell=not cell_ok
+            )
         except Exception as exc:  # one bad structure must not cost the others their lists
             failed[r] = one_line(exc)
             continue
-        # pymatgen (and so CHGNet) leaves out only an atom's own zero-length image; vesin does the same.
+        # pymatgen (and so CHGNet) leaves out only an atom's own zero-length image; matscipy does the same.
         parts.append((i + start, j + start, shifts, d, np.full(len(i), r, dtype=np.int64)))
     return _joined(parts, cutoff, failed)
+
+
+def _usable_cells(cells: np.ndarray) -> np.ndarray:
+    """Shape ``(m,)`` bool: :func:`aloe.structures.cell_problem` finds nothing, for many cells at once."""
+    from aloe.structures import MIN_CELL_VOLUME, MIN_CELL_VOLUME_RATIO
+
+    cells = np.asarray(cells, dtype=float).reshape(-1, 3, 3)
+    finite = np.isfinite(cells).all(axis=(1, 2))
+    safe = np.where(finite[:, None, None], cells, 0.0)
+    volume = np.abs(np.linalg.det(safe)) if len(safe) else np.zeros(0)
+    lengths = np.prod(np.linalg.norm(safe, axis=2), axis=1)
+    return finite & (volume >= MIN_CELL_VOLUME) & (volume >= MIN_CELL_VOLUME_RATIO * lengths)
 
 
 def _joined(parts: list[tuple[np.ndarray, ...]], cutoff: float, failed: dict[int, str]) -> Neighbours:
@@ -308,10 +329,4 @@ class VerletNeighbours:
                     np.full(int(keep.sum()), r, dtype=np.int64),
                 )
             )
-        if not parts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Neighbours(
-                empty, empty, np.zeros((0, 3), dtype=np.int64), np.zeros(0), empty, float(cutoff)
-            )
-        first, second, shifts, distances, owner = (np.concatenate(x) for x in zip(*parts, strict=True))
-        return Neighbours(first, second, shifts.reshape(-1, 3), distances, owner, float(cutoff))
+        return _joined(parts, cutoff, failed)

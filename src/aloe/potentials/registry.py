@@ -17,8 +17,9 @@ Specs
 
 Options (``None`` means "not given"): ``device`` ("cpu", "cuda", "auto": cuda if available), ``dtype``
 ("float32"/"float64", for models that offer a choice; CHGNet is float32 only), ``batch_size``, ``threads``
-(torch threads per process; aloe's stages use 1), plus model-specific ones (``head`` for MACE, LJ parameters,
-keyword arguments of a factory).
+(torch threads per process; aloe's stages use 1), plus model-specific ones (``graph_builder`` for CHGNet and MACE:
+``"batch"``, or the package's own per-structure inputs; ``head`` for MACE, LJ parameters, keyword arguments of a
+factory).
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def _require(package: str, what: str, pip: str) -> None:
 
 def _chgnet(model_name: str, opts: dict[str, Any]) -> Potential:
     name = f"chgnet-{model_name}"
-    _reject(name, opts, allowed=STANDARD_OPTIONS)
+    _reject(name, opts, allowed=STANDARD_OPTIONS | {"graph_builder"})
     _require("chgnet", name, "chgnet")
     from aloe.potentials.chgnet import CHGNetPotential
 
@@ -182,13 +183,14 @@ def _chgnet(model_name: str, opts: dict[str, Any]) -> Potential:
         device=opts.get("device", "cpu"),
         batch_size=int(opts.get("batch_size", 32)),
         threads=opts.get("threads"),
+        graph_builder=opts.get("graph_builder", "batch"),
     )
 
 
 def _mace(path: str, opts: dict[str, Any]) -> Potential:
     if not path:
         raise AloeError("mace: needs a model file, e.g. mace:models/committee-0.model")
-    _reject(f"mace:{path}", opts, allowed=STANDARD_OPTIONS | {"head"})
+    _reject(f"mace:{path}", opts, allowed=STANDARD_OPTIONS | {"head", "graph_builder"})
     file = Path(os.path.expanduser(path))
     if not file.is_file():
         raise AloeError(f"{path}: no such MACE model file")
@@ -202,6 +204,7 @@ def _mace(path: str, opts: dict[str, Any]) -> Potential:
         batch_size=int(opts.get("batch_size", 32)),
         threads=opts.get("threads"),
         head=opts.get("head"),
+        graph_builder=opts.get("graph_builder", "batch"),
     )
 
 
