@@ -362,12 +362,21 @@ def main() -> None:
     parser.add_argument("--prototypes", default=str(PUBLISHED) if PUBLISHED.is_dir() else "builtin")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=None,
+        help="torch threads of the baseline (default: torch's default, as the reference code runs; issue 21's "
+        "targets compare at 1 thread)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("ALOE_PROGRESS", "0")
     import torch
 
     default_threads = torch.get_num_threads()  # the reference code's, before aloe sets 1 per process
+    if args.baseline_threads is not None:
+        default_threads = args.baseline_threads
 
     paths: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
