@@ -40,9 +40,12 @@ MODELS = ["0.3.0", "0.2.0", "r2scan"]
 #: 40 other candidates (seed 0): 9.1e-6 eV/atom, 8.2e-5 eV/A at |F| 0.8 (r2scan) and 2.3e-4 eV/A at |F| 43, 3.5e-5
 #: eV/A^3 at |sigma| 5.4 (0.2.0). The converter path against itself with every atom moved by whole cells (same
 #: graph, other round-off) differs by as much: up to 1.3e-5 eV/atom, 9.6e-4 eV/A and 6.7e-5 eV/A^3.
-ENERGY_PER_ATOM = 3e-5  # eV/atom
-FORCE, FORCE_PER_MAGNITUDE = 3e-4, 1e-5  # eV/A + relative to the structure's largest force component
-STRESS, STRESS_PER_MAGNITUDE = 3e-5, 1e-5  # eV/A^3 + relative to the structure's largest stress component
+#: float32 round-off grows with the magnitudes: on the built-in prototypes' candidates (no ../shared/data), Te2UW
+#: (-70 eV/atom, r2scan) differs by 4.6e-5 eV/atom and F3IrNe (|F| 15, 0.2.0) by 5.6e-4 eV/A; hence the terms
+#: relative to the structure's energy per atom and largest force and stress components.
+ENERGY_PER_ATOM, ENERGY_PER_MAGNITUDE = 3e-5, 2e-6  # eV/atom + relative to |E| per atom
+FORCE, FORCE_PER_MAGNITUDE = 3e-4, 5e-5  # eV/A + relative to the structure's largest force component
+STRESS, STRESS_PER_MAGNITUDE = 3e-5, 5e-5  # eV/A^3 + relative to the structure's largest stress component
 #: Candidates in :func:`energy_batch`.
 N_ENERGY_CANDIDATES = 40
 
@@ -213,7 +216,8 @@ def assert_close_predictions(ours, reference, batch: StructureBatch, name: str, 
     for row in range(len(batch)):
         where = f"{name}, row {row} ({batch.ids[row]}, {batch.to_atoms(row).get_chemical_formula()})"
         n = batch.n_atoms[row]
-        assert abs(ours.energy[row] - reference.energy[row]) / n <= ENERGY_PER_ATOM, where
+        energy_tolerance = ENERGY_PER_ATOM + ENERGY_PER_MAGNITUDE * abs(reference.energy[row]) / n
+        assert abs(ours.energy[row] - reference.energy[row]) / n <= energy_tolerance, where
         if energy_only:
             continue
         atoms = batch.atom_slice(row)
