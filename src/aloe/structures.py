@@ -50,6 +50,15 @@ def cell_problem(cell: np.ndarray) -> str | None:
     return None
 
 
+def row_matmul(x: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """Row vectors times per-row matrices: ``x[a] @ mats[a]``, summed in a fixed order.
+
+    Shapes ``(n, 3), (n, 3, 3) -> (n, 3)``. Written out (not ``einsum``/BLAS) so a row's result never depends on
+    how many other rows the call holds: a structure's numbers are bit-identical alone and in any batch.
+    """
+    return x[:, 0, None] * mats[:, 0] + x[:, 1, None] * mats[:, 1] + x[:, 2, None] * mats[:, 2]
+
+
 def scaled_positions(atoms: Atoms) -> np.ndarray:
     """Fractional coordinates of ``atoms``, unwrapped, also for a cell that :func:`cell_problem` rejects.
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from aloe.errors import AloeError
 from aloe.potentials.base import Potential, Predictions, voigt_from_tensor
+from aloe.structures import row_matmul
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -234,13 +235,10 @@ class LennardJonesPotential(ASECalculatorPotential):
         pairs = neighbour_list(batch, self.rc, shared, inclusive=True)
         m = len(batch)
 
-        # Products written out (no einsum/BLAS): a structure's numbers never depend on the rest of its batch.
-        def rows_times(x: np.ndarray, mats: np.ndarray) -> np.ndarray:
-            return x[:, 0, None] * mats[:, 0] + x[:, 1, None] * mats[:, 1] + x[:, 2, None] * mats[:, 2]
-
-        positions = rows_times(batch.frac_coords, batch.cell[batch.owner])
+        # row_matmul, not einsum/BLAS: a structure's numbers never depend on the rest of its batch.
+        positions = row_matmul(batch.frac_coords, batch.cell[batch.owner])
         # pointing towards the neighbour, as ASE's
-        vectors = positions[pairs.second] + rows_times(pairs.shifts.astype(float), batch.cell[pairs.owner])
+        vectors = positions[pairs.second] + row_matmul(pairs.shifts.astype(float), batch.cell[pairs.owner])
         vectors -= positions[pairs.first]
         r2 = np.einsum("pi,pi->p", vectors, vectors)
         c6 = (self.sigma**2 / r2) ** 3

@@ -258,13 +258,16 @@ class CHGNetPotential(Potential):
         the bonds of an angle-free structure (see the module docstring: ``CHGNet._compute`` decides per batch whether
         to run them); otherwise, and when only one kind is present, everything stays one group.
         """
+        has_angles = np.array([len(g.bond_graph) != 0 for g in graphs], dtype=bool)
+        return [group.tolist() for group in self._angle_groups(has_angles)]
+
+    def _angle_groups(self, has_angles: np.ndarray) -> list[np.ndarray]:
+        """:meth:`invariant_groups` from each structure's "has bond-graph angles" (shape ``(m,)`` bool)."""
         _ = self.model  # the probe runs when the model is loaded
-        everything = list(range(len(graphs)))
+        everything = np.arange(len(has_angles))
         if not self._split_angle_free:
             return [everything]
-        with_angles = [i for i in everything if len(graphs[i].bond_graph) != 0]
-        without = [i for i in everything if len(graphs[i].bond_graph) == 0]
-        return [group for group in (with_angles, without) if group]
+        return [group for group in (everything[has_angles], everything[~has_angles]) if len(group)]
 
     def compute(
         self, graphs: list[Any], *, strains: bool = False, **kwargs: Any
@@ -319,8 +322,8 @@ class CHGNetPotential(Potential):
     # ---- the batched graph path (default) -------------------------------------------------------------------
     def graph_index(
         self, batch: StructureBatch, shared: dict[str, Any] | None = None
-    ) -> tuple[list[int], Any]:
-        """The rows whose graph could be built and their :class:`~aloe.potentials.chgnet_graph.GraphIndex`.
+    ) -> tuple[list[int], Any, dict[int, str]]:
+        """The rows whose graph could be built, their :class:`~aloe.potentials.chgnet_graph.GraphIndex`, the others.
 
         One neighbour-list pass for the batch (shared with the committee through ``shared``: models with equal
         converter settings share the index, smaller cutoffs filter the largest list). Rows whose list failed are
@@ -348,6 +351,33 @@ class CHGNetPotential(Potential):
             shared[key] = result
         return result
 
+    def usable_graph(
+        self, batch: StructureBatch, errors: list[str | None], shared: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, StructureBatch, Any]:
+        """:meth:`graph_index` as the callers use it: the usable rows, their batch and graph; reasons go to ``errors``.
+
+        Parameters
+        ----------
+        batch
+            The structures.
+        errors
+            One entry per structure of ``batch``: rows whose graph could not be built get
+            ``GRAPH_ERROR_PREFIX + reason``.
+        shared
+            As in :meth:`graph_index`.
+
+        Returns
+        -------
+        tuple
+            ``(rows, usable batch, index)``; rows shape ``(k,)`` int.
+        """
+        rows, index, failed = self.graph_index(batch, shared)
+        prefix = self.GRAPH_ERROR_PREFIX.format(name=self.name)
+        for r, reason in failed.items():
+            errors[r] = prefix + reason
+        usable = batch if len(rows) == len(batch) else batch.take(rows)
+        return np.asarray(rows, dtype=np.int64), usable, index
+
     def compute_batch(
         self, batch: StructureBatch, index: Any, *, strains: bool = False, **kwargs: Any
     ) -> list[tuple[np.ndarray, StructureBatch, Any, dict]]:
@@ -372,13 +402,8 @@ class CHGNetPotential(Potential):
         from aloe.potentials.chgnet_graph import batched_graph
 
         m = len(batch)
-        everything = np.arange(m)
-        groups = [everything]
-        if self._split_angle_free:
-            has_angles = index.angles_per_structure(m) > 0
-            groups = [g for g in (everything[has_angles], everything[~has_angles]) if len(g)]
         out = []
-        for group in groups:
+        for group in self._angle_groups(index.angles_per_structure(m) > 0):
             sub, sub_index = (
                 (batch, index) if len(group) == m else (batch.take(group), index.take(group, batch.offsets))
             )
@@ -402,13 +427,9 @@ class CHGNetPotential(Potential):
 
         model = self.model
         out = Predictions.empty(batch)
-        rows, index, failed = self.graph_index(batch, shared)
-        prefix = self.GRAPH_ERROR_PREFIX.format(name=self.name)
-        for r, reason in failed.items():
-            out.errors[r] = prefix + reason
-        if not rows:
+        rows, usable, index = self.usable_graph(batch, out.errors, shared)
+        if not len(rows):
             return out
-        usable = batch if len(rows) == len(batch) else batch.take(rows)
         if energy_only:
             with torch.no_grad():
                 parts = self.compute_batch(usable, index)
@@ -423,11 +444,10 @@ class CHGNetPotential(Potential):
                 inputs = [x for _, _, bg, _ in parts for x in (bg.atom_positions[0], bg.strains[0])]
                 grads = torch.autograd.grad(network_total, inputs, allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
-        rows_np = np.asarray(rows)
         for k, (group, sub, bg, pred) in enumerate(parts):
             with torch.no_grad():
                 energy = self._group_energies(sub, pred).cpu().numpy()
-            targets = rows_np[group]
+            targets = rows[group]
             out.energy[targets] = energy
             for t in targets.tolist():
                 out.errors[t] = None

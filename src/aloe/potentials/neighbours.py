@@ -133,8 +133,8 @@ def _one_structure(
     return i[order], j[order], shifts[order], np.asarray(d, dtype=np.float64)[order]
 
 
-def compute_neighbours(batch: StructureBatch, cutoff: float, rows: np.ndarray | None = None) -> Neighbours:
-    """The neighbour pairs of ``batch`` (or of its ``rows``) with ``d <= cutoff`` (plus up to 1e-6 A more).
+def compute_neighbours(batch: StructureBatch, cutoff: float) -> Neighbours:
+    """The neighbour pairs of ``batch`` with ``d <= cutoff`` (plus up to 1e-6 A more).
 
     Parameters
     ----------
@@ -142,15 +142,12 @@ def compute_neighbours(batch: StructureBatch, cutoff: float, rows: np.ndarray | 
         The structures (periodic in three dimensions).
     cutoff
         Radius (A).
-    rows
-        Structures to compute (default all); the pairs of the others are absent.
     """
-    rows = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
     parts: list[tuple[np.ndarray, ...]] = []
     failed: dict[int, str] = {}
     radius = float(cutoff) + _MARGIN
-    usable = _usable_cells(batch.cell[rows])
-    for r, cell_ok in zip(rows.tolist(), usable.tolist(), strict=True):
+    usable = _usable_cells(batch.cell)
+    for r, cell_ok in enumerate(usable.tolist()):
         start, stop = int(batch.offsets[r]), int(batch.offsets[r + 1])
         try:
             # cells that pass the vectorised test skip the per-structure one (which only gives the reason)
@@ -305,18 +302,18 @@ class VerletNeighbours:
             numbers = batch.numbers[start:stop]
             entry = self._entries.get(key)
             self.calls += 1
-            if self._stale(entry, cell, positions, numbers, cutoff):
-                try:
+            try:  # a singular cell makes the staleness test raise too: it fails this structure only
+                if self._stale(entry, cell, positions, numbers, cutoff):
                     i, j, shifts, _ = _one_structure(cell, batch.frac_coords[start:stop], cutoff + self.skin)
-                except Exception as exc:
-                    failed[r] = one_line(exc)
-                    self._entries.pop(key, None)
-                    continue
-                entry = _Candidates(
-                    i, j, shifts, cutoff + self.skin, positions.copy(), cell.copy(), numbers.copy()
-                )
-                self._entries[key] = entry
-                self.builds += 1
+                    entry = _Candidates(
+                        i, j, shifts, cutoff + self.skin, positions.copy(), cell.copy(), numbers.copy()
+                    )
+                    self._entries[key] = entry
+                    self.builds += 1
+            except Exception as exc:
+                failed[r] = one_line(exc)
+                self._entries.pop(key, None)
+                continue
             vectors = positions[entry.second] + entry.shifts @ cell - positions[entry.first]
             d = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
             keep = d <= cutoff + _MARGIN

@@ -172,23 +172,18 @@ class CHGNetEncoder(Encoder):
         features = np.full((len(batch), self.dim), np.nan)
         errors: list[str | None] = [None] * len(batch)
         # The graphs of the whole batch from one neighbour-list pass (the potential's batched graph path).
-        rows, index, failed = potential.graph_index(batch)
-        prefix = potential.GRAPH_ERROR_PREFIX.format(name=self.name)
-        for r, reason in failed.items():
-            errors[r] = prefix + reason
-        if not rows:
+        rows, usable, index = potential.usable_graph(batch, errors)
+        if not len(rows):
             return Encoded(features, errors)
-        usable = batch if len(rows) == len(batch) else batch.take(rows)
         with torch.no_grad():
             # In the potential's batch-invariant groups: chgnet-0.2.0 gives a structure without bond-graph angles
             # other features in a batch with structures that have angles (see aloe.potentials.chgnet).
             parts = potential.compute_batch(usable, index, return_crystal_feas=True)
-        rows_np = np.asarray(rows)
         for group, _, _, pred in parts:
             # The shipped models pool by SUM over atoms (GraphPooling(average=False)); dividing by the atom count
             # gives the mean, so a supercell encodes like its cell and structure size does not dominate the features.
             pooled = pred["crystal_fea"].double() / pred["atoms_per_graph"].double().view(-1, 1)
-            features[rows_np[group]] = pooled.cpu().numpy()
+            features[rows[group]] = pooled.cpu().numpy()
         return Encoded(features, errors)
 
     def __getstate__(self) -> dict[str, Any]:

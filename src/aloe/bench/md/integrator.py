@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from aloe.bench.md.protocol import stop_reason_of_error
+from aloe.potentials.neighbours import VERLET_KEY, VerletNeighbours
+from aloe.structures import row_matmul
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -18,15 +20,6 @@ _EYE = np.eye(3)
 
 
 # ---- the batched integrator -------------------------------------------------------------------------------
-def _rowmat(x: np.ndarray, mats: np.ndarray) -> np.ndarray:
-    """Row vectors times per-row matrices: ``x[a] @ mats[a]``, summed in a fixed order.
-
-    Shapes ``(n, 3), (n, 3, 3) -> (n, 3)``. Written out (not ``einsum``/BLAS) so a row's result never depends on
-    how many other rows the call holds: a system's trajectory is bit-identical alone and in any batch.
-    """
-    return x[:, 0, None] * mats[:, 0] + x[:, 1, None] * mats[:, 1] + x[:, 2, None] * mats[:, 2]
-
-
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Stacked 3x3 products ``a[s] @ b[s]`` in a fixed summation order; shapes ``(m, 3, 3) -> (m, 3, 3)``."""
     return (
@@ -129,8 +122,6 @@ class BatchedMD:
     ) -> None:
         from ase import units
 
-        from aloe.potentials.neighbours import VerletNeighbours
-
         if thermostat not in ("nose-hoover", "langevin"):
             raise ValueError(f"unknown thermostat {thermostat!r}")
         if thermostat == "langevin" and pfactor is not None:
@@ -180,7 +171,7 @@ class BatchedMD:
             lower = np.array([h[0, 1] == h[0, 2] == h[1, 2] == 0.0 for h in self.h])
             if not np.all(self.upper | lower):
                 raise ValueError("Nose-Hoover (ASE NPT) needs triangular cells: start from md_start()")
-            self.q = _rowmat(positions, self.inv_h[self.owner]) - 0.5
+            self.q = row_matmul(positions, self.inv_h[self.owner]) - 0.5
             self._system_fields += ["upper", "h_past", "eta", "eta_past", "zeta", "zeta_past"]
             self._system_fields += ["tfact", "pfact", "desired_ekin", "inv_h"]
             self._atom_fields += ["q", "q_past", "q_future"]
@@ -297,7 +288,7 @@ class BatchedMD:
     def cartesian_positions(self) -> np.ndarray:
         """Shape ``(n_total, 3)``: Cartesian positions of the live atoms (A), not wrapped into the cell."""
         if self.thermostat == "nose-hoover":
-            return _rowmat(self.q + 0.5, self.h[self.owner])
+            return row_matmul(self.q + 0.5, self.h[self.owner])
         return self.positions
 
     def system(self, system: int) -> dict[str, np.ndarray]:
@@ -321,7 +312,7 @@ class BatchedMD:
         if self.thermostat == "nose-hoover":
             frac = self.q + 0.5
         else:
-            frac = _rowmat(self.positions, self.inv_h[self.owner])
+            frac = row_matmul(self.positions, self.inv_h[self.owner])
         batch = StructureBatch(
             cell=self.h.copy(),
             frac_coords=frac,
@@ -329,8 +320,6 @@ class BatchedMD:
             offsets=self.offsets.copy(),
             ids=[self.ids[i] for i in self.index],
         )
-        from aloe.potentials.neighbours import VERLET_KEY
-
         shared = {} if self.verlet is None else {VERLET_KEY: self.verlet}
         pred: Predictions = self.potential.predict(batch, shared)
         self.energy = np.asarray(pred.energy, dtype=float).copy()
@@ -368,16 +357,16 @@ class BatchedMD:
         """Scaled positions of the next step from the current forces, shape ``(n_total, 3)``."""
         own = self.owner
         dt = self.dt
-        alpha = (dt * dt)[own, None] * _rowmat(self.forces / self.masses[:, None], self.inv_h[own])
+        alpha = (dt * dt)[own, None] * row_matmul(self.forces / self.masses[:, None], self.inv_h[own])
         rate = self.eta + (0.5 * self.zeta)[:, None, None] * _EYE
         beta = dt[:, None, None] * _matmul(self.h, _matmul(rate, self.inv_h))
         inv_b = _inv(beta + _EYE)
-        return _rowmat(2 * self.q + _rowmat(self.q_past, (beta - _EYE)[own]) + alpha, inv_b[own])
+        return row_matmul(2 * self.q + row_matmul(self.q_past, (beta - _EYE)[own]) + alpha, inv_b[own])
 
     def _momenta_from_q(self, q_future: np.ndarray, q_past: np.ndarray) -> np.ndarray:
         """Centred-difference momenta ``(q_future - q_past) h / (2 dt) m``, shape ``(n_total, 3)``."""
         return (
-            _rowmat(q_future - q_past, (self.h / (2 * self.dt)[:, None, None])[self.owner])
+            row_matmul(q_future - q_past, (self.h / (2 * self.dt)[:, None, None])[self.owner])
             * self.masses[:, None]
         )
 
@@ -397,7 +386,7 @@ class BatchedMD:
         active = np.ones(m, dtype=bool)
         for _ in range(2):
             atoms_active = active[self.owner]
-            q_past = self.q - self.dt[self.owner, None] * _rowmat(
+            q_past = self.q - self.dt[self.owner, None] * row_matmul(
                 p / self.masses[:, None], self.inv_h[self.owner]
             )
             self.q_past = np.where(atoms_active[:, None], q_past, self.q_past)
