@@ -562,6 +562,11 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "bench-negative-verlet-skin",  # issue 21's MD setting: one line naming the key and the bound
+        lambda s: ["bench", "emt", "--suite", "md", "--set", "md.neighbour_skin=-1", "-o", "out"],
+        Refused(r"md\.neighbour_skin.*greater than or equal to 0", absent=("out",)),
+    ),
+    Case(
         "bench-empty-suite",
         lambda s: ["bench", "emt", "--suite", "", "-o", "out"],
         Refused(r"key 'suite'.*no benchmark given", absent=("out",)),
